@@ -1,0 +1,3 @@
+from dfa.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""Dual-path affinity from frozen CLIP attention. method.md §2.
+
+W (head-averaged patch attention of the last K blocks) gives two paths:
+
+* the attention path A_s: learnable head over the K maps → Sinkhorn normalisation;
+* the inverse (high-pass) path A_inv: the same on W_inv = F⁻¹(𝕀 − F(W)).
+
+params.yaml options: ``affinity.inverse`` (``operator`` | ``spatial``), ``affinity.square``
+(square the symmetrised affinity before propagation, default on), ``frequency.ratio``
+(box of the ``spatial`` inverse).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .frequency import low_pass
+
+__all__ = [
+    "inverse_attention",
+    "spectral_inverse_literal",
+    "AffinityHead",
+    "sinkhorn_normalize",
+    "symmetrize",
+    "square",
+    "propagate",
+]
+
+
+def _eye_like(w: torch.Tensor) -> torch.Tensor:
+    n = w.shape[-1]
+    return torch.eye(n, dtype=w.dtype, device=w.device)
+
+
+def inverse_attention(w: torch.Tensor, mode: str = "operator", ratio: float = 0.25,
+                      grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """Inverse (high-pass) attention W_inv. method.md §2.
+
+    * ``operator`` (default): ``W_inv = F⁻¹(𝕀 − F(W)) = I − W``. The all-pass response is the
+      identity operator, so by linearity of the FFT the spectral inversion is the
+      random-walk Laplacian I − W (zero DC gain for row-stochastic W). Computed directly;
+      :func:`spectral_inverse_literal` is the FFT route kept to test the identity.
+    * ``spatial``: each query row is a map over the token grid (h, w); keep what lies
+      outside the centred low-frequency box of ``ratio`` (the box of
+      :func:`dfa.frequency.low_pass_mask`): ``row − real(ifft2(mask · fft2(row)))``.
+
+    Args:
+        w: (..., N, N) attention (rows are queries).
+        mode: ``operator`` | ``spatial`` (params.yaml ``affinity.inverse``).
+        ratio: ρ of the low-frequency box (``spatial`` only).
+        grid: (h, w) with h*w = N (required for ``spatial``).
+    Returns:
+        (..., N, N) tensor of w's dtype.
+    """
+    if w.shape[-1] != w.shape[-2]:
+        raise ValueError(f"attention must be square in its last two dims, got {tuple(w.shape)}")
+    if mode == "operator":
+        return _eye_like(w) - w
+    if mode == "spatial":
+        if grid is None:
+            raise ValueError("inverse_attention(mode='spatial') needs grid=(h, w)")
+        h, gw = int(grid[0]), int(grid[1])
+        n = w.shape[-1]
+        if h * gw != n:
+            raise ValueError(f"grid {grid} has {h * gw} cells but the attention has N={n}")
+        maps = w.reshape(*w.shape[:-1], h, gw)           # (..., N, h, w): one map per query
+        return (maps - low_pass(maps, ratio)).reshape(w.shape)
+    raise ValueError(f"inverse_attention mode must be 'operator' or 'spatial', got {mode!r}")
+
+
+def spectral_inverse_literal(w: torch.Tensor) -> torch.Tensor:
+    """The literal ``real(ifft2(fft2(I) − fft2(W)))`` over the last two dims. method.md §2.
+
+    Exists only so a test can show it equals ``I − W`` (linearity of the FFT); it costs
+    about 800× more than the subtraction. Note ``fft2(I)`` here is the transform of the
+    identity matrix, not ``ones``: ``ifft2(ones)`` would be a delta at (0, 0).
+
+    Args:
+        w: (..., N, N).
+    Returns:
+        (..., N, N) real tensor.
+    """
+    eye = _eye_like(w)
+    return torch.fft.ifft2(torch.fft.fft2(eye) - torch.fft.fft2(w)).real.to(w.dtype)
+
+
+class AffinityHead(nn.Module):
+    """Learnable map from K stacked attention maps to one positive affinity. method.md §2.
+
+    AFA-style per-entry MLP: 1×1 conv K→hidden, GELU, 1×1 conv hidden→1, sigmoid. One
+    instance per path (A_s and A_inv).
+
+    Args:
+        in_layers: K, the number of stacked layer maps.
+        hidden: width of the hidden layer (32).
+    Shape:
+        forward (B, K, N, N) → (B, N, N), entries in (0, 1).
+    """
+
+    def __init__(self, in_layers: int = 8, hidden: int = 32):
+        super().__init__()
+        self.in_layers = in_layers
+        self.fc1 = nn.Conv2d(in_layers, hidden, kernel_size=1)
+        self.act = nn.GELU()
+        self.fc2 = nn.Conv2d(hidden, 1, kernel_size=1)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        if maps.dim() != 4 or maps.shape[1] != self.in_layers:
+            raise ValueError(f"AffinityHead expects (B, {self.in_layers}, N, N), "
+                             f"got {tuple(maps.shape)}")
+        x = self.fc2(self.act(self.fc1(maps)))
+        return torch.sigmoid(x).squeeze(1)
+
+
+def symmetrize(a: torch.Tensor) -> torch.Tensor:
+    """``(A + Aᵀ) / 2`` over the last two dims. method.md §2."""
+    return 0.5 * (a + a.transpose(-1, -2))
+
+
+def square(a: torch.Tensor) -> torch.Tensor:
+    """``A @ A`` (the anchors' one squaring before propagation). method.md §2, §7."""
+    return a @ a
+
+
+def sinkhorn_normalize(a: torch.Tensor, rounds: int = 3, eps: float = 1e-8) -> torch.Tensor:
+    """The anchors' Sinkhorn normalisation ``Norm`` then symmetrisation. method.md §2.
+
+    ``rounds`` times: divide by column sums, then by row sums; finally ``(T + Tᵀ)/2``.
+    Three rounds leave the matrix only roughly doubly stochastic (row sums are exactly 1
+    before the symmetrisation; column sums are within a few % for attention-like input).
+
+    Args:
+        a: (..., N, N), entries ≥ 0.
+        rounds: number of (column, row) rounds (3 in the anchors).
+        eps: floor on the sums (an all-zero column or row stays zero).
+    Returns:
+        (..., N, N) symmetric tensor.
+    """
+    t = a
+    for _ in range(rounds):
+        t = t / t.sum(dim=-2, keepdim=True).clamp_min(eps)   # columns
+        t = t / t.sum(dim=-1, keepdim=True).clamp_min(eps)   # rows
+    return symmetrize(t)
+
+
+def propagate(aff: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
+    """Propagate token scores with an affinity: ``aff @ cam``. method.md §7.
+
+    Args:
+        aff: (B, N, N).
+        cam: (B, N, C).
+    Returns:
+        (B, N, C).
+    """
+    return aff @ cam

@@ -1,0 +1,63 @@
+"""What the method reads from the frozen CLIP for a batch of views (method.md §1).
+
+``DenseExtractor`` holds the frozen encoder and the class/background text embeddings and
+returns, per view, the decoder's input tokens, the last-K attention, and the dense
+similarity S. The feature cache stores exactly these tensors, so training from the cache
+and training online see the same values for the same view.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dfa.backbone.clip import FrozenCLIP, minmax_tokens, similarity_maps
+from dfa.data.classes import ClassSpec
+
+
+@dataclass
+class ViewFeatures:
+    tokens: torch.Tensor   # (B, L, N, D) per-block patch tokens (decoder input)
+    attn: torch.Tensor     # (B, K, N, N) head-mean attention of the last K blocks
+    sim: torch.Tensor      # (B, N, C) S, min-max normalised per class over tokens
+    sim_bg: torch.Tensor   # (B, N) background-prompt similarity (max over prompts), normalised
+    grid: tuple[int, int]
+
+    def to(self, device, dtype=None) -> "ViewFeatures":
+        f = lambda t: t.to(device=device, dtype=dtype or t.dtype, non_blocking=True)  # noqa: E731
+        return ViewFeatures(f(self.tokens), f(self.attn), f(self.sim), f(self.sim_bg), self.grid)
+
+
+class DenseExtractor:
+    """Frozen CLIP + prompts → :class:`ViewFeatures`.
+
+    ``precision='bf16'`` runs the encoder under bf16 autocast on CUDA (method.md §1 at real
+    scale); S and the attention are returned in float32.
+    """
+
+    def __init__(self, clip: FrozenCLIP, spec: ClassSpec, templates: list[str], precision: str = "fp32"):
+        self.clip = clip
+        self.spec = spec
+        self.fg_text, self.bg_text = clip.text_embeddings(spec.classes, spec.synonyms, spec.background, templates)
+        self.precision = precision
+
+    @property
+    def device(self) -> torch.device:
+        return self.fg_text.device
+
+    def __call__(self, images: torch.Tensor, present: torch.Tensor | None = None) -> ViewFeatures:
+        """images (B, 3, H, W) normalised; present (B, C) bool, needed by ``gradcam`` only."""
+        images = images.to(self.device)
+        use_bf16 = self.precision == "bf16" and images.device.type == "cuda"
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            out = self.clip(images)
+        if self.clip.similarity == "gradcam":
+            if present is None:
+                present = torch.ones(images.shape[0], len(self.spec.classes), dtype=torch.bool, device=self.device)
+            text = torch.cat([self.fg_text, self.bg_text])
+            sim = minmax_tokens(self.clip.gradcam(images, text, present.to(self.device), len(self.spec.classes)))
+        else:
+            sim = similarity_maps(out.dense, self.fg_text)
+        bg = similarity_maps(out.dense, self.bg_text).amax(-1, keepdim=True) if len(self.bg_text) else sim[..., :1] * 0
+        return ViewFeatures(out.tokens.float(), out.attn.float(), sim.float(), minmax_tokens(bg)[..., 0].float(),
+                            out.grid)

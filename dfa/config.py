@@ -1,0 +1,556 @@
+"""Typed configuration: ``params.yaml`` becomes these dataclasses once, at the edge.
+
+Every open choice of ``method.md`` is a named field here with the spec's default; the
+docstring of each section names the ``method.md`` section it configures. Loading rejects
+unknown keys, wrong types and out-of-range values with one message naming the key.
+Overrides use dotted keys, ``-S train.steps=100``, parsed as YAML scalars like
+``dvc exp run -S``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad key, type or value in params or overrides; the message names the key."""
+
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass
+class SyntheticConfig:
+    """The embedded benchmark (shared/benchmark.md)."""
+    seed: int = 0
+    num_train_aug: int = 3000
+    num_train: int = 300
+    num_val: int = 300
+    num_pretrain: int = 4000
+    size_range: list[int] = field(default_factory=lambda: [64, 112])
+
+
+@dataclass
+class DataConfig:
+    """Dataset and views (method.md §6, §8). ``name``: synthetic | voc | coco | custom."""
+    name: str = "synthetic"
+    root: str = "data/synthetic"
+    train_split: str = "train_aug"
+    seed_split: str = "train"
+    eval_split: str = "val"
+    crop_size: int = 64
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    workers: int = 0
+    max_seed_images: int = 0  # 0 = the whole seed split
+    max_eval_images: int = 0  # 0 = the whole evaluation split
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def check(self) -> None:
+        _choice("data.name", self.name, ("synthetic", "voc", "coco", "custom"))
+        _positive("data.crop_size", self.crop_size)
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ConfigError(f"data.scale_range: need [low, high] with 0 < low <= high, got {self.scale_range}")
+
+
+@dataclass
+class ClipConfig:
+    """Frozen CLIP backbone (method.md §1).
+
+    ``model``/``pretrained``: open_clip names (``ViT-B-16``/``openai`` on VOC/COCO), or the
+    project's ``dfa-tiny-vit`` pretrained by ``dfa pretrain-clip`` into ``checkpoint``.
+    ``similarity`` (choice ``cam.similarity``): surgery | maskclip | raw | gradcam.
+    """
+    model: str = "dfa-tiny-vit"
+    pretrained: str | None = None
+    checkpoint: str | None = "checkpoints/clip.pt"
+    last_k: int = 4
+    similarity: str = "maskclip"
+    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the frozen encoder on CUDA)
+
+    def check(self) -> None:
+        _positive("clip.last_k", self.last_k)
+        _choice("clip.similarity", self.similarity, ("surgery", "maskclip", "raw", "gradcam"))
+        _choice("clip.precision", self.precision, ("fp32", "bf16"))
+
+
+@dataclass
+class PretrainConfig:
+    """Contrastive pretraining of the embedded benchmark's small CLIP (benchmark.md)."""
+    image_size: int = 64
+    patch_size: int = 8
+    width: int = 192
+    layers: int = 6
+    heads: int = 3
+    embed_dim: int = 128
+    pool: str = "avg"
+    text_width: int = 128
+    text_layers: int = 3
+    text_heads: int = 2
+    context_length: int = 16
+    steps: int = 1200
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 100
+    object_crop_prob: float = 0.5
+
+    def check(self) -> None:
+        for k in ("image_size", "patch_size", "width", "layers", "heads", "embed_dim", "steps", "batch_size"):
+            _positive(f"pretrain.{k}", getattr(self, k))
+        _choice("pretrain.pool", self.pool, ("avg", "tok"))
+        _range("pretrain.object_crop_prob", self.object_crop_prob, 0.0, 1.0)
+
+
+@dataclass
+class CacheConfig:
+    """Frozen-encoder feature cache (issue 3 item 6, issue 5 item 1)."""
+    enabled: bool = True
+    dir: str = "cache/features"
+    dtype: str = "float16"
+    flip: bool = True
+    shard_size: int = 256
+
+    def check(self) -> None:
+        _choice("cache.dtype", self.dtype, ("float16", "float32"))
+        _positive("cache.shard_size", self.shard_size)
+
+
+@dataclass
+class AffinityConfig:
+    """Dual-path affinity (method.md §2). ``inverse``: operator | spatial."""
+    inverse: str = "operator"
+    hidden: int = 32
+    sinkhorn_rounds: int = 3
+    square: bool = True
+
+    def check(self) -> None:
+        _choice("affinity.inverse", self.inverse, ("operator", "spatial"))
+        _positive("affinity.hidden", self.hidden)
+        _positive("affinity.sinkhorn_rounds", self.sinkhorn_rounds)
+
+
+@dataclass
+class FrequencyConfig:
+    """Frequency split and relation maps (method.md §3-4). ``relation``: raw | centred."""
+    ratio: float = 0.25
+    relation: str = "raw"
+
+    def check(self) -> None:
+        if not 0.0 < self.ratio <= 1.0:
+            raise ConfigError(f"frequency.ratio: must lie in (0, 1], got {self.ratio}")
+        _choice("frequency.relation", self.relation, ("raw", "centred"))
+
+
+@dataclass
+class LossConfig:
+    """LFAA / HFAR losses and weights (method.md §3, §4, §6)."""
+    lambda_align: float = 0.1
+    lambda_rect: float = 0.2
+    alpha_init: float = 0.5
+    alpha_momentum: float = 0.9
+    radius: int = 8
+    window: int = 9
+    hist_cos: float = 0.5
+
+    def check(self) -> None:
+        _nonneg("loss.lambda_align", self.lambda_align)
+        _nonneg("loss.lambda_rect", self.lambda_rect)
+        _range("loss.alpha_momentum", self.alpha_momentum, 0.0, 1.0)
+        _range("loss.alpha_init", self.alpha_init, 0.0, 1.0)
+        _positive("loss.radius", self.radius)
+        _positive("loss.window", self.window)
+
+
+@dataclass
+class OTConfig:
+    """Frequency-guided CAM generation by optimal transport (method.md §5).
+
+    ``score``: fixed | literal; ``marginal``: tempered | literal | area;
+    ``background``: column | residual.
+    """
+    score: str = "fixed"
+    marginal: str = "tempered"
+    tau: float = 0.1
+    epsilon: float = 0.1
+    max_iters: int = 100
+    tol: float = 1e-6
+    lambda_l: float = 1.0
+    lambda_h: float = 0.1
+    background: str = "column"
+
+    def check(self) -> None:
+        _choice("ot.score", self.score, ("fixed", "literal"))
+        _choice("ot.marginal", self.marginal, ("tempered", "literal", "area"))
+        _choice("ot.background", self.background, ("column", "residual"))
+        _positive("ot.tau", self.tau)
+        _positive("ot.epsilon", self.epsilon)
+        _positive("ot.max_iters", self.max_iters)
+        _nonneg("ot.lambda_l", self.lambda_l)
+        _nonneg("ot.lambda_h", self.lambda_h)
+
+
+@dataclass
+class RefineConfig:
+    """Background score and PAR (method.md §5)."""
+    bg_power: float = 1.0
+    par_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12, 24])
+    par_iters: int = 20
+
+    def check(self) -> None:
+        _positive("refine.bg_power", self.bg_power)
+
+
+@dataclass
+class DecoderConfig:
+    """Segmentation decoder (method.md §6)."""
+    width: int = 256
+    layers: int = 3
+    heads: int = 8
+    dropout: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """Single-stage training (method.md §6)."""
+    steps: int = 1500
+    batch_size: int = 4
+    lr: float = 2e-4
+    decoder_lr_mult: float = 10.0
+    weight_decay: float = 0.01
+    warmup: int = 50
+    power: float = 1.0
+    checkpoint_interval: int = 250
+    log_interval: int = 10
+    dir: str = "checkpoints/dfa"
+
+    def check(self) -> None:
+        _positive("train.steps", self.steps)
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.lr", self.lr)
+        _nonneg("train.weight_decay", self.weight_decay)
+        _nonneg("train.warmup", self.warmup)
+        _positive("train.checkpoint_interval", self.checkpoint_interval)
+
+
+@dataclass
+class CRFConfig:
+    """DenseCRF parameters (method.md §6 inference)."""
+    enabled: bool = True
+    iters: int = 10
+    gauss_sxy: float = 1.0
+    gauss_compat: float = 3.0
+    bilateral_sxy: float = 67.0
+    bilateral_srgb: float = 3.0
+    bilateral_compat: float = 4.0
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation (method.md §6, §8)."""
+    scales: list[float] = field(default_factory=lambda: [1.0, 1.2, 1.5])
+    flip: bool = True
+    workers: int = 2
+    crf: CRFConfig = field(default_factory=CRFConfig)
+    grid_images: int = 6
+
+    def check(self) -> None:
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ConfigError(f"eval.scales: need positive scales, got {self.scales}")
+        _positive("eval.workers", self.workers)
+
+
+@dataclass
+class AblationConfig:
+    """Ablation rows of method.md §7 and the toggles behind them.
+
+    ``row`` (0-4) sets the toggles; ``null`` keeps the individual toggles as given.
+    """
+    row: int | None = 4
+    learned_s: bool = True      # A_s from the trained MLP head (LFAA) instead of raw attention
+    use_inverse: bool = True    # include the high-pass branch A_inv / A_ha
+    align: bool = True          # L_a (LFAA) on
+    rectify: bool = True        # L_r (HFAR) on
+    combination: str = "ot"     # product = E(⊙) propagation; ot = FG scoring + Sinkhorn OT
+
+    ROWS = {
+        0: dict(learned_s=False, use_inverse=False, align=False, rectify=False, combination="product"),
+        1: dict(learned_s=False, use_inverse=True, align=False, rectify=False, combination="product"),
+        2: dict(learned_s=True, use_inverse=False, align=True, rectify=False, combination="product"),
+        3: dict(learned_s=True, use_inverse=True, align=True, rectify=True, combination="product"),
+        4: dict(learned_s=True, use_inverse=True, align=True, rectify=True, combination="ot"),
+    }
+    PAPER_SEED_MIOU = {0: 64.8, 1: 67.2, 2: 75.1, 3: 77.9, 4: 79.1}
+
+    def check(self) -> None:
+        if self.row is not None:
+            if self.row not in self.ROWS:
+                raise ConfigError(f"ablation.row: must be one of 0-4 or null, got {self.row}")
+            for k, v in self.ROWS[self.row].items():
+                setattr(self, k, v)
+        _choice("ablation.combination", self.combination, ("product", "ot"))
+
+    def describe(self) -> tuple[str, str]:
+        """(affinity used, combination) as in method.md §7's table."""
+        s = "A_la" if self.learned_s else "A_s"
+        inv = ("A_ha" if self.rectify else "A_inv") if self.use_inverse else None
+        if self.combination == "ot":
+            return (f"{s}, {inv}" if inv else s), "FG (OT scoring)"
+        return (f"{s} ⊙ {inv}" if inv else s), "E(⊙)"
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking (issue 4). Relative sqlite paths resolve from the repository root."""
+    enabled: bool = True
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "dfa"
+
+
+@dataclass
+class SearchConfig:
+    """Optuna studies (issue 4)."""
+    storage: str = "sqlite:///optuna.db"
+    train_steps: int = 300
+    report_every: int = 100
+
+
+@dataclass
+class Config:
+    device: str = "auto"
+    seed: int = 0
+    threads: int = 0  # 0 = torch default
+    data: DataConfig = field(default_factory=DataConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    affinity: AffinityConfig = field(default_factory=AffinityConfig)
+    frequency: FrequencyConfig = field(default_factory=FrequencyConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    ot: OTConfig = field(default_factory=OTConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    smoke: bool = False
+
+    def check(self) -> None:
+        _choice("device", self.device, ("auto", "cpu", "cuda"))
+        for f in dataclasses.fields(self):
+            sub = getattr(self, f.name)
+            if hasattr(sub, "check"):
+                sub.check()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view, for MLflow params and fingerprints."""
+        return flatten(self.to_dict())
+
+
+# ---------------------------------------------------------------------------- loading
+
+SMOKE_OVERRIDES = {
+    # --smoke: seconds, not minutes (tests and CI); everything else unchanged.
+    "data.synthetic.num_train_aug": 48,
+    "data.synthetic.num_train": 16,
+    "data.synthetic.num_val": 12,
+    "data.synthetic.num_pretrain": 64,
+    "data.max_seed_images": 16,
+    "data.max_eval_images": 8,
+    "pretrain.width": 64,
+    "pretrain.layers": 2,
+    "pretrain.heads": 2,
+    "pretrain.embed_dim": 64,
+    "pretrain.text_width": 64,
+    "pretrain.text_layers": 1,
+    "pretrain.steps": 20,
+    "pretrain.batch_size": 16,
+    "pretrain.warmup": 5,
+    "clip.last_k": 2,
+    "decoder.width": 32,
+    "decoder.layers": 1,
+    "decoder.heads": 2,
+    "train.steps": 12,
+    "train.batch_size": 2,
+    "train.warmup": 2,
+    "train.checkpoint_interval": 5,
+    "eval.scales": [1.0, 1.2],
+    "eval.grid_images": 2,
+    "search.train_steps": 6,
+    "search.report_every": 3,
+    "refine.par_iters": 5,
+}
+
+
+SMOKE_PATHS = {
+    "data.root": "data/synthetic-smoke",
+    "clip.checkpoint": "checkpoints/clip-smoke.pt",
+    "cache.dir": "cache/features-smoke",
+    "train.dir": "checkpoints/dfa-smoke",
+}
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` → (``a.b``, YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: cannot parse {raw!r} ({exc})") from None
+    return key, value
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    node = d
+    parts = key.split(".")
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = (),
+                smoke: bool = False) -> Config:
+    """Read params (if the file exists), apply ``--smoke`` then ``-S`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"{p}: params file not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+    if smoke:
+        for k, v in SMOKE_OVERRIDES.items():
+            set_dotted(raw, k, v)
+        if (raw.get("data") or {}).get("name", "synthetic") == "synthetic":
+            for k, v in SMOKE_PATHS.items():  # never overwrite the default benchmark's artifacts
+                set_dotted(raw, k, v)
+        raw["smoke"] = True
+    for text in overrides:
+        k, v = parse_override(text)
+        set_dotted(raw, k, v)
+    cfg = build(Config, raw, "")
+    cfg.check()
+    return cfg
+
+
+def build(cls: type, raw: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, checking keys and types recursively."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'params'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (allowed: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name in names & set(raw):
+        kwargs[name] = _coerce(hints[name], raw[name], prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-6" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key}: must be > 0, got {value}")
+
+
+def _nonneg(key: str, value: float) -> None:
+    if not value >= 0:
+        raise ConfigError(f"{key}: must be >= 0, got {value}")
+
+
+def _range(key: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ConfigError(f"{key}: must lie in [{lo}, {hi}], got {value}")
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,191 @@
+"""The DFA model: two affinity heads, the decoder, and the CAM → pseudo-label path.
+
+Only the heads (method.md §2) and the decoder (§6) train; the CLIP features arrive as
+tensors (from the cache or the frozen encoder online). ``refine`` implements ablation
+rows 0-4 (§7) by one code path whose switches are ``AblationConfig``'s toggles.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfa.affinity import AffinityHead, inverse_attention, sinkhorn_normalize, square, symmetrize
+from dfa.config import Config
+from dfa.frequency import relation, split_frequencies
+from dfa.losses import alignment_loss, balanced_seg_loss, hfar_pairs, rectification_loss, update_alpha
+from dfa.ot import column_marginal, ot_refine, scoring_matrix
+from dfa.refine import PAR, cams_to_label, product_refine
+
+
+class Decoder(nn.Module):
+    """WeCLIP-style decoder (method.md §6).
+
+    Per-block 2-layer MLP D→width on each block's patch tokens, concatenate, 1×1 conv to
+    ``width`` (= F_d, the features LFAA/HFAR read), ``layers`` transformer layers, 1×1 conv
+    to the classes. tokens (B, L, N, D) → logits (B, num_classes, h, w), F_d (B, width, h, w).
+    """
+
+    def __init__(self, num_blocks: int, in_dim: int, num_classes: int, width: int = 256, layers: int = 3,
+                 heads: int = 8, dropout: float = 0.1):
+        super().__init__()
+        self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(in_dim, width), nn.ReLU(inplace=True),
+                                                nn.Linear(width, width)) for _ in range(num_blocks))
+        self.fuse = nn.Conv2d(num_blocks * width, width, kernel_size=1)
+        self.dropout = nn.Dropout2d(dropout)
+        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.classifier = nn.Conv2d(width, num_classes, kernel_size=1)
+
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n_blocks, n, _ = tokens.shape
+        h, w = grid
+        x = torch.cat([mlp(tokens[:, i]) for i, mlp in enumerate(self.mlps)], dim=-1)  # (B, N, L*width)
+        f_d = self.fuse(x.transpose(1, 2).reshape(b, -1, h, w))
+        x = self.transformer(self.dropout(f_d).flatten(2).transpose(1, 2))
+        logits = self.classifier(x.transpose(1, 2).reshape(b, -1, h, w))
+        return logits, f_d
+
+
+@dataclass
+class Affinities:
+    """Affinities of one batch, each (B, N, N)."""
+    s_raw: torch.Tensor            # A_s before Sinkhorn: head output (learned) or mean attention
+    s: torch.Tensor                # A_s = Norm(s_raw), symmetric
+    inv_raw: torch.Tensor | None   # symmetrised sigmoid output of the inverse path (L_r's input)
+    inv: torch.Tensor | None       # A_inv = Norm(inv_raw)
+
+
+@dataclass
+class Refined:
+    """Output of the CAM path for a batch at crop resolution."""
+    scores: torch.Tensor  # (B, 1 + C, H, W) after PAR; channel 0 background
+    labels: torch.Tensor  # (B, H, W) long pseudo-labels (0 = background, c+1 = class c)
+    seed_scores: torch.Tensor  # (B, 1 + C, H, W) before PAR
+
+
+class DFA(nn.Module):
+    """Affinity heads + decoder. ``num_classes`` includes background."""
+
+    def __init__(self, cfg: Config, num_blocks: int, in_dim: int, num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        k = cfg.clip.last_k
+        self.head_s = AffinityHead(k, cfg.affinity.hidden)
+        self.head_inv = AffinityHead(k, cfg.affinity.hidden)
+        d = cfg.decoder
+        self.decoder = Decoder(num_blocks, in_dim, num_classes, d.width, d.layers, d.heads, d.dropout)
+        self.par = PAR(tuple(cfg.refine.par_dilations), cfg.refine.par_iters)
+        self.register_buffer("alpha", torch.tensor(cfg.loss.alpha_init))
+
+    # ----------------------------------------------------------------- §2 affinities
+    def affinities(self, attn: torch.Tensor, grid: tuple[int, int], trained: bool = True) -> Affinities:
+        """attn (B, K, N, N) head-mean attention of the last K blocks.
+
+        The heads see ``N·W`` (attention rescaled so its mean entry is 1 at any N), a
+        documented choice (``affinity`` section): raw softmax values shrink as 1/N and a
+        freshly initialised 1×1 conv would map them all to about the same output.
+        ``trained=False`` gives the untrained attention affinity A_s = Norm(mean_K W) of row 0.
+        """
+        a = self.cfg.affinity
+        ab = self.cfg.ablation
+        n = attn.shape[-1]
+        attn = attn.float()
+        if trained and ab.learned_s:
+            s_raw = symmetrize(self.head_s(attn * n))
+        else:
+            s_raw = attn.mean(1)
+        inv_raw = inv = None
+        if ab.use_inverse:
+            w_inv = inverse_attention(attn, mode=a.inverse, ratio=self.cfg.frequency.ratio, grid=grid)
+            inv_raw = symmetrize(self.head_inv(w_inv * n))
+            inv = sinkhorn_normalize(inv_raw, a.sinkhorn_rounds)
+        return Affinities(s_raw, sinkhorn_normalize(s_raw, a.sinkhorn_rounds), inv_raw, inv)
+
+    # ----------------------------------------------------------------- §5/§7 CAM path
+    @torch.no_grad()
+    def refine(self, aff: Affinities, sim: torch.Tensor, sim_bg: torch.Tensor, present: torch.Tensor,
+               image: torch.Tensor, size: tuple[int, int]) -> Refined:
+        """Refined CAMs and pseudo-labels (rows 0-4 of method.md §7).
+
+        sim (B, N, C) min-max normalised patch-text similarity S, sim_bg (B, N) background
+        prompt similarity (max over prompts, normalised), present (B, C) bool image labels,
+        image (B, 3, H, W) normalised RGB for PAR, size (H, W).
+        """
+        cfg, ab = self.cfg, self.cfg.ablation
+        cam = sim * present[:, None, :]
+        h, w = size
+        if ab.combination == "product":
+            affs = [aff.s_raw] + ([aff.inv_raw] if aff.inv_raw is not None else [])
+            fg = product_refine(affs, cam, rounds=cfg.affinity.sinkhorn_rounds, square=cfg.affinity.square)
+            fg = fg * present[:, None, :]
+            bg = None
+        else:
+            a_la = square(aff.s) if cfg.affinity.square else aff.s
+            a_ha = aff.inv if aff.inv is not None else torch.zeros_like(aff.s)
+            if aff.inv is not None and cfg.affinity.square:
+                a_ha = square(a_ha)
+            use_col = cfg.ot.background == "column"
+            s_all = torch.cat([sim_bg[..., None], sim], -1) if use_col else sim
+            valid = torch.cat([torch.ones_like(present[:, :1]), present], -1) if use_col else present
+            score = scoring_matrix(a_la, a_ha, s_all, cfg.ot.score, cfg.ot.lambda_l, cfg.ot.lambda_h)
+            v = column_marginal(s_all, cfg.ot.marginal, cfg.ot.tau, valid)
+            m_r = ot_refine(score, v, cfg.ot.epsilon, cfg.ot.max_iters, cfg.ot.tol)
+            fg = m_r[..., 1:] if use_col else m_r
+            bg = None  # background = (1 - max M_r)^p after upsampling (method.md §5)
+        grid = aff.s.shape[-1]
+        gh, gw = self.grid_of(grid, size)
+        fg = fg.transpose(1, 2).reshape(fg.shape[0], -1, gh, gw)
+        fg = F.interpolate(fg, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+        seed = cams_to_label(fg, present, cfg.refine.bg_power, bg)
+        scores = self.par(image, seed) if cfg.refine.par_iters > 0 else seed
+        scores = scores.masked_fill(~torch.cat([torch.ones_like(present[:, :1]), present], 1)[:, :, None, None], -1)
+        return Refined(scores=scores, labels=scores.argmax(1), seed_scores=seed)
+
+    @staticmethod
+    def grid_of(n: int, size: tuple[int, int]) -> tuple[int, int]:
+        """Token grid (h, w) with h*w = n matching the aspect of ``size``."""
+        h, w = size
+        for gh in range(1, n + 1):
+            if n % gh == 0 and abs(gh / (n // gh) - h / w) < 1e-6:
+                return gh, n // gh
+        raise ValueError(f"cannot lay {n} tokens on a grid with aspect {h}x{w}")
+
+    # ----------------------------------------------------------------- §3/§4/§6 losses
+    def losses(self, tokens: torch.Tensor, aff: Affinities, labels: torch.Tensor,
+               grid: tuple[int, int], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """L_seg, L_a, L_r for a batch; ``labels`` (B, H, W) pseudo-labels (detached)."""
+        cfg, ab, lc = self.cfg, self.cfg.ablation, self.cfg.loss
+        logits, f_d = self.decoder(tokens.float(), grid)
+        up = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        out = {"seg": balanced_seg_loss(up, labels)}
+        zero = up.new_zeros(())
+        f_low, f_high = split_frequencies(f_d.float(), cfg.frequency.ratio)
+        if ab.align:
+            s_l = relation(f_low, cfg.frequency.relation).detach()
+            if self.training:
+                self.alpha.fill_(float(update_alpha(self.alpha, s_l, aff.s.detach(), lc.alpha_momentum)))
+            out["align"] = alignment_loss(s_l, aff.s, self.alpha)
+        else:
+            out["align"] = zero
+        if ab.rectify and aff.inv_raw is not None:
+            s_h = relation(f_high, cfg.frequency.relation).detach()
+            y = F.interpolate(labels[:, None].float(), size=grid, mode="nearest")[:, 0].long()
+            pos, neg = hfar_pairs(s_h, y.flatten(1), grid, lc.radius, lc.window, hist_cos=lc.hist_cos)
+            out["rect"] = rectification_loss(aff.inv_raw, pos, neg)
+        else:
+            out["rect"] = zero
+        out["total"] = out["seg"] + lc.lambda_align * out["align"] + lc.lambda_rect * out["rect"]
+        return out
+
+    def segment(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Decoder logits (B, num_classes, h, w)."""
+        return self.decoder(tokens.float(), grid)[0]
+
+    def trainable_groups(self) -> list[dict]:
+        c = self.cfg.train
+        heads = list(self.head_s.parameters()) + list(self.head_inv.parameters())
+        return [{"params": heads, "lr": c.lr}, {"params": self.decoder.parameters(), "lr": c.lr * c.decoder_lr_mult}]

@@ -1,0 +1,57 @@
+"""``dfa prepare`` and ``dfa check-data``.
+
+prepare: for ``data.name: synthetic`` generate the embedded benchmark into ``data.root``
+(idempotent; regenerated when its parameters change); for voc/coco/custom validate the
+existing tree with the checker and stop with one line per problem if it is bad.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dfa.config import Config
+from dfa.data import checker, synthetic
+from dfa.data.layout import Layout
+from dfa.errors import WorkbenchError
+from dfa.io import write_json
+from dfa.stages.common import console, progress
+from dfa.tracking import stage_run
+
+METRICS = Path("reports/metrics/data.json")
+
+
+def prepare(cfg: Config, args=None) -> int:
+    root = Path(cfg.data.root)
+    with stage_run(cfg, "prepare") as run:
+        if cfg.data.name == "synthetic":
+            s = cfg.data.synthetic
+            total = s.num_train_aug + s.num_val + s.num_pretrain
+            with progress() as bar:
+                task = bar.add_task("generate synthetic benchmark", total=total, info=str(root))
+                synthetic.generate(root, seed=s.seed, num_train_aug=s.num_train_aug, num_train=s.num_train,
+                                   num_val=s.num_val, num_pretrain=s.num_pretrain,
+                                   size_range=tuple(s.size_range),
+                                   progress=lambda n: bar.update(task, advance=n))
+        elif not root.exists():
+            raise WorkbenchError(f"{root}: dataset folder not found (data.root). Lay out {cfg.data.name} as "
+                                 f"described in README.md (VOCdevkit/VOC2012 style) and point data.root at it")
+        layout = Layout(root, cfg.data.name)
+        spec = checker.spec_for(cfg.data.name, root)
+        splits = [cfg.data.train_split, cfg.data.seed_split, cfg.data.eval_split]
+        splits = list(dict.fromkeys(splits))
+        with progress() as bar:
+            task = bar.add_task("check dataset", total=None, info=str(root))
+            problems = checker.check_tree(layout, spec.num_classes, splits,
+                                          progress=lambda n: bar.update(task, advance=n))
+        if problems:
+            for line in problems:
+                console.print(line, markup=False, highlight=False)
+            raise WorkbenchError(f"{root}: {len(problems)} problem(s) found by the dataset checker (listed above)")
+        counts = {split: len(layout.read_list(split)) for split in splits}
+        write_json(METRICS, {"dataset": cfg.data.name, "num_classes": spec.num_classes, **counts})
+        run.log_metrics({f"images_{k}": v for k, v in counts.items()})
+    console.print(f"dataset {cfg.data.name} at {root}: OK, " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def check_data(cfg: Config, args) -> int:
+    return checker.check_data_main(args.root, args.kind or cfg.data.name, args.split)

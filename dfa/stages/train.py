@@ -1,0 +1,251 @@
+"""``dfa train``: single-stage DFA training (method.md §6).
+
+Each step: features of a batch of views (from the cache, or the frozen CLIP online with
+full augmentation when ``cache.enabled`` is false) → affinities → pseudo-labels by the
+configured CAM path (no gradient) → L = L_seg + λ₁·L_a + λ₂·L_r → AdamW step.
+
+Exact resume (issue 6): the resume checkpoint holds model, optimiser, scheduler, step,
+the α accumulator (a model buffer) and every RNG state; it is written every
+``train.checkpoint_interval`` steps and on SIGINT/SIGTERM. Batches are drawn from a
+seeded generator whose state is saved, so a resumed run ends bit-identical to an
+uninterrupted one on CPU. A NaN/Inf loss stops training naming the step and the term,
+after saving the last good state.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import signal
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dfa.config import Config
+from dfa.data.dataset import WSSSDataset
+from dfa.data.transforms import TrainTransform
+from dfa.errors import NumericalError, WorkbenchError
+from dfa.features_cache import CachedViews, fingerprint
+from dfa.io import save_torch, write_json, write_text
+from dfa.model import DFA
+from dfa.stages.common import class_spec, console, data_errors, layout_of, progress, setup
+from dfa.stages.views import cache_fingerprint, extractor, normalise
+from dfa.tracking import stage_run
+
+METRICS = Path("reports/metrics/train.json")
+CURVE = Path("reports/plots/train_curve.csv")
+TRAIN_KEYS = ("seed", "clip", "affinity", "frequency", "loss", "ot", "refine", "decoder", "train", "ablation")
+
+
+def train_fingerprint(cfg: Config) -> str:
+    d = cfg.to_dict()
+    return fingerprint({k: d[k] for k in TRAIN_KEYS} | {"data": d["data"], "cache": d["cache"]["enabled"]})
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """SHA-256 over the trainable weights (names and bytes), for checking resume from outside."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def lr_lambda(cfg: Config):
+    t = cfg.train
+
+    def f(step: int) -> float:
+        if step < t.warmup:
+            return (step + 1) / t.warmup
+        return max(0.0, 1 - (step - t.warmup) / max(1, t.steps - t.warmup)) ** t.power
+    return f
+
+
+class Batches:
+    """Seeded batch source; its generator state is part of the checkpoint."""
+
+    def __init__(self, cfg: Config, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        spec = class_spec(cfg)
+        layout = layout_of(cfg)
+        self.cached = cfg.cache.enabled
+        if self.cached:
+            with data_errors():
+                names = layout.read_list(cfg.data.train_split)
+            self.views = CachedViews(cfg.cache.dir, cache_fingerprint(cfg, names))
+            self.n = len(self.views)
+            meta = self.views.meta
+            if meta["classes"] != spec.classes:
+                raise WorkbenchError(f"{cfg.cache.dir}: cached classes differ from the dataset's")
+            self.grid = tuple(meta["grid"])
+        else:
+            self.extract = extractor(cfg, spec, device)
+            with data_errors():
+                self.data = WSSSDataset(layout, cfg.data.train_split, with_mask=False, num_fg=len(spec.classes),
+                                        transform=TrainTransform(cfg.data.crop_size, tuple(cfg.data.scale_range),
+                                                                 mean=cfg.data.mean, std=cfg.data.std,
+                                                                 generator=self.gen))
+            self.n = len(self.data)
+
+    def next(self) -> dict[str, torch.Tensor]:
+        idx = torch.randint(self.n, (self.cfg.train.batch_size,), generator=self.gen).tolist()
+        if self.cached:
+            b = self.views.batch(idx)
+            return {"tokens": b["tokens"].float(), "attn": b["attn"].float(), "sim": b["sim"].float(),
+                    "sim_bg": b["sim_bg"].float(), "present": b["label"].bool(),
+                    "image": normalise(b["image"], self.cfg), "grid": self.grid}
+        with data_errors():
+            items = [self.data[i] for i in idx]
+        images = torch.stack([it["image"] for it in items])
+        present = torch.stack([it["label"] for it in items]) > 0
+        f = self.extract(images, present)
+        return {"tokens": f.tokens, "attn": f.attn, "sim": f.sim, "sim_bg": f.sim_bg, "present": present,
+                "image": images, "grid": f.grid}
+
+
+def build_model(cfg: Config, batch: dict, num_classes: int) -> DFA:
+    return DFA(cfg, num_blocks=batch["tokens"].shape[1], in_dim=batch["tokens"].shape[-1], num_classes=num_classes)
+
+
+def rng_state(batches: Batches) -> dict:
+    import random
+    return {"torch": torch.get_rng_state(), "gen": batches.gen.get_state(), "numpy": np.random.get_state(),
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict, batches: Batches) -> None:
+    import random
+    torch.set_rng_state(state["torch"])
+    batches.gen.set_state(state["gen"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def train_step(model: DFA, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    """One forward pass: affinities, pseudo-labels (no gradient), losses."""
+    grid = tuple(batch["grid"])
+    image = batch["image"].to(device)
+    size = tuple(image.shape[-2:])
+    aff = model.affinities(batch["attn"].to(device), grid)
+    refined = model.refine(aff, batch["sim"].to(device), batch["sim_bg"].to(device),
+                           batch["present"].to(device), image, size)
+    return model.losses(batch["tokens"].to(device), aff, refined.labels, grid, size)
+
+
+def train(cfg: Config, args=None) -> int:
+    device = setup(cfg)
+    spec = class_spec(cfg)
+    out_dir = Path(cfg.train.dir)
+    resume_path = out_dir.with_name(out_dir.name + "-resume") / "last.pt"
+    fp = train_fingerprint(cfg)
+    batches = Batches(cfg, device)
+    first = batches.next()
+    model = build_model(cfg, first, spec.num_classes).to(device)
+    opt = torch.optim.AdamW(model.trainable_groups(), weight_decay=cfg.train.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    batches.gen.manual_seed(cfg.seed)  # the probe batch above must not shift the data order
+    torch.manual_seed(cfg.seed)
+    start = 0
+    curve: list[dict] = []
+    if resume_path.exists():
+        state = torch.load(resume_path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") == fp:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"], batches)
+            start, curve = state["step"], state["curve"]
+            console.print(f"resuming training from step {start} ({resume_path})")
+        else:
+            console.print(f"{resume_path}: made with other params; starting afresh")
+
+    def save_resume(step: int) -> None:
+        save_torch(resume_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                 "scheduler": sched.state_dict(), "rng": rng_state(batches), "step": step,
+                                 "curve": curve, "fingerprint": fp})
+
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    model.train()
+    try:
+        with stage_run(cfg, "train") as run, progress() as bar:
+            task = bar.add_task("train DFA", total=cfg.train.steps, completed=start, info="")
+            for step in range(start, cfg.train.steps):
+                batch = batches.next()
+                losses = train_step(model, batch, device)
+                bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+                if bad:
+                    save_resume(step)
+                    raise NumericalError(f"non-finite loss at step {step}: term '{bad[0]}' = "
+                                         f"{float(losses[bad[0]])}; last good state saved to {resume_path}")
+                opt.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                opt.step()
+                sched.step()
+                row = {"step": step + 1, "lr": opt.param_groups[0]["lr"], "alpha": float(model.alpha),
+                       **{f"loss_{k}": v.item() for k, v in losses.items()}}
+                curve.append(row)
+                if (step + 1) % cfg.train.log_interval == 0 or step + 1 == cfg.train.steps:
+                    run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step + 1)
+                bar.update(task, advance=1, info=f"L {row['loss_total']:.3f} seg {row['loss_seg']:.3f} "
+                                                f"a {row['loss_align']:.3f} r {row['loss_rect']:.3f}")
+                if (step + 1) % cfg.train.checkpoint_interval == 0:
+                    save_resume(step + 1)
+                if stop["signal"] is not None:
+                    save_resume(step + 1)
+                    raise KeyboardInterrupt(f"stopped by signal {stop['signal']} at step {step + 1}; "
+                                            f"re-run the same command to resume")
+            digest = state_digest(model)
+            save_torch(out_dir / "model.pt", {"model": model.state_dict(), "fingerprint": fp, "step": cfg.train.steps,
+                                              "num_blocks": first["tokens"].shape[1],
+                                              "in_dim": first["tokens"].shape[-1], "classes": spec.classes,
+                                              "state_digest": digest})
+            save_resume(cfg.train.steps)
+            metrics = {"final_step": cfg.train.steps, "state_digest": digest,
+                       "final_loss": float(np.mean([r["loss_total"] for r in curve[-20:]])) if curve else None,
+                       "alpha": float(model.alpha)}
+            write_json(METRICS, metrics)
+            write_curve(curve)
+            run.log_metrics({"final_loss": metrics["final_loss"] or 0.0})
+            run.log_artifact(CURVE)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    console.print(f"trained {cfg.train.steps} steps → {out_dir / 'model.pt'} (digest {digest[:12]})")
+    return 0
+
+
+def write_curve(curve: list[dict]) -> None:
+    if not curve:
+        return
+    import io
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(curve[0]))
+    w.writeheader()
+    w.writerows(curve)
+    write_text(CURVE, buf.getvalue())
+
+
+def load_trained(cfg: Config, device: torch.device) -> DFA:
+    """The trained model of ``train.dir`` (checked against the dataset's classes)."""
+    path = Path(cfg.train.dir) / "model.pt"
+    if not path.exists():
+        raise WorkbenchError(f"{path}: no trained model (run `dfa train`)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    spec = class_spec(cfg)
+    if state["classes"] != spec.classes:
+        raise WorkbenchError(f"{path}: trained on classes {state['classes']}, dataset has {spec.classes}")
+    model = DFA(cfg, state["num_blocks"], state["in_dim"], spec.num_classes)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise WorkbenchError(f"{path}: does not match the configured model ({str(exc).splitlines()[0]})") from None
+    return model.to(device).eval()
+

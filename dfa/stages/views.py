@@ -1,0 +1,46 @@
+"""Building views and their features: shared by cache, train, pseudo and evaluate."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dfa.backbone.dense import DenseExtractor
+from dfa.backbone.load import load_backbone
+from dfa.config import Config
+from dfa.data.classes import ClassSpec
+from dfa.features_cache import file_digest, fingerprint
+
+
+def square_view(image: np.ndarray, size: int, flip: bool = False) -> np.ndarray:
+    """uint8 HxWx3 → the cached view: resized to size×size (bilinear), optionally mirrored."""
+    out = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return np.ascontiguousarray(out[:, ::-1]) if flip else out
+
+
+def normalise(images: np.ndarray | torch.Tensor, cfg: Config) -> torch.Tensor:
+    """uint8 (B, H, W, 3) → float (B, 3, H, W) with the configured mean/std."""
+    x = torch.as_tensor(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    mean = torch.tensor(cfg.data.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.data.std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def extractor(cfg: Config, spec: ClassSpec, device) -> DenseExtractor:
+    clip = load_backbone(cfg, spec, device)
+    return DenseExtractor(clip, spec, cfg.clip.templates, cfg.clip.precision)
+
+
+def cache_fingerprint(cfg: Config, names: list[str]) -> str:
+    """Everything that changes cached tensors: a cache with another value is rebuilt."""
+    c = cfg.clip
+    return fingerprint({
+        "model": c.model, "pretrained": c.pretrained, "checkpoint": file_digest(c.checkpoint),
+        "last_k": c.last_k, "similarity": c.similarity, "templates": c.templates, "precision": c.precision,
+        "data": cfg.data.name, "root": str(cfg.data.root), "split": cfg.data.train_split,
+        "names": hashlib.sha256("\n".join(names).encode()).hexdigest(),
+        "crop": cfg.data.crop_size, "mean": cfg.data.mean, "std": cfg.data.std,
+        "flip": cfg.cache.flip, "dtype": cfg.cache.dtype,
+    })

@@ -1,0 +1,166 @@
+"""MLflow tracking: one parent run per pipeline invocation, one child run per stage.
+
+The store is ``tracking.uri`` (default ``sqlite:///mlflow.db``); a relative SQLite path is
+resolved from the repository root (``DVC_ROOT`` under DVC), never the working directory, so
+``dvc exp run --temp`` logs into the same store. Experiments get an absolute
+``artifact_location`` and runs are started with an explicit ``experiment_id`` (MLflow 3).
+
+Which stages belong to one invocation: ``DFA_PIPELINE_ID`` if set (``make repro``, the
+ablation and search commands set it), else the ``dvc`` process that runs the stage (its pid
+and start time), else none (a stand-alone run without a parent).
+With ``tracking.enabled: false`` every call is a no-op.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from dfa.config import Config
+
+PIPELINE_TAG = "dfa.pipeline_id"
+
+
+def resolve_uri(uri: str, root: Path) -> str:
+    """``sqlite:///rel.db`` → ``sqlite:////abs/root/rel.db``; other URIs unchanged."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str((root / uri[len(prefix):]).resolve())
+    return uri
+
+
+def _dvc_invocation() -> str | None:
+    """``dvc-<pid>-<start>`` of the nearest ``dvc`` ancestor process, if any (Linux /proc)."""
+    pid = os.getppid()
+    for _ in range(6):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        if any(Path(c.decode(errors="ignore")).name == "dvc" or c.endswith(b"/dvc") for c in cmd[:2]) \
+                or (len(cmd) > 2 and cmd[1] == b"-m" and cmd[2] == b"dvc"):
+            return f"dvc-{pid}-{stat[19]}"
+        pid = int(stat[1])
+        if pid <= 1:
+            return None
+    return None
+
+
+def pipeline_id() -> str | None:
+    return os.environ.get("DFA_PIPELINE_ID") or _dvc_invocation()
+
+
+class NullRun:
+    """Tracking switched off."""
+    run_id = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def log_text(self, text: str, name: str) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
+
+class Run(NullRun):
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+        import time
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if Path(path).exists():
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+
+def client_for(cfg: Config):
+    """(MlflowClient, experiment_id), creating the experiment with an absolute artifact root."""
+    from mlflow.tracking import MlflowClient
+    from dfa.stages.common import repo_root
+
+    root = repo_root()
+    uri = resolve_uri(cfg.tracking.uri, root)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is not None:
+        return client, exp.experiment_id
+    artifacts = (root / "mlartifacts" / cfg.tracking.experiment).resolve()
+    try:
+        return client, client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts.as_uri())
+    except Exception:  # created meanwhile by another process
+        return client, client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+
+
+def _tags(cfg: Config) -> dict[str, str]:
+    from dfa.stages.common import git_commit
+    return {"mlflow.source.git.commit": git_commit(), "dataset": cfg.data.name,
+            "ablation.row": str(cfg.ablation.row), "smoke": str(cfg.smoke)}
+
+
+def _parent(client, exp_id: str, pid: str, cfg: Config) -> str:
+    found = client.search_runs([exp_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{pid}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(exp_id, run_name=f"pipeline {pid}", tags={PIPELINE_TAG: pid, **_tags(cfg)})
+    return run.info.run_id
+
+
+@contextmanager
+def stage_run(cfg: Config, stage: str, nested_in: str | None = None, extra_tags: dict | None = None) -> Iterator[NullRun]:
+    """A child run for ``stage`` under this invocation's parent run (or ``nested_in``).
+
+    Logs the flattened params and the resolved config; the run ends FINISHED, or FAILED
+    with the error message if the stage raises.
+    """
+    if not cfg.tracking.enabled:
+        yield NullRun()
+        return
+    import yaml
+    client, exp_id = client_for(cfg)
+    tags = {**_tags(cfg), "stage": stage, **(extra_tags or {})}
+    parent = nested_in
+    if parent is None and (pid := pipeline_id()):
+        parent = _parent(client, exp_id, pid, cfg)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run = Run(client, client.create_run(exp_id, run_name=stage, tags=tags).info.run_id)
+    run.log_params(cfg.flat())
+    run.log_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
+    try:
+        yield run
+    except BaseException as exc:
+        client.set_tag(run.run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
+        client.set_terminated(run.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    client.set_terminated(run.run_id, "FINISHED")
+    if parent and nested_in is None:
+        client.set_terminated(parent, "FINISHED")
+
+
+def init_store(cfg: Config) -> str:
+    """Create the store and experiment once, serially (``make setup``; MLflow 3 pitfall)."""
+    client, exp_id = client_for(cfg)
+    return exp_id
+
+
+def temp_uri() -> str:
+    return f"sqlite:///{tempfile.mkdtemp(prefix='dfa-mlflow-')}/mlflow.db"

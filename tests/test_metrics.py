@@ -1,0 +1,46 @@
+"""Tests for dfa.metrics (method.md §8)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dfa.metrics import confusion_matrix, miou
+
+
+def test_hand_computed_three_classes():
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 1]])
+    pred = torch.tensor([[0, 1, 1, 1], [2, 0, 2, 255]])
+    with pytest.raises(ValueError):                 # a prediction of 255 on a labelled pixel
+        confusion_matrix(pred, target, 3)
+    pred[1, 3] = 1
+    conf = confusion_matrix(pred, target, 3)
+    expected = torch.tensor([[1, 1, 0], [0, 3, 0], [1, 0, 1]])
+    assert conf.dtype == torch.int64 and torch.equal(conf, expected)
+    m, per = miou(conf)
+    # IoU0 = 1/(2+2-1) = 1/3; IoU1 = 3/(3+4-3) = 3/4; IoU2 = 1/(2+1-1) = 1/2
+    torch.testing.assert_close(per, torch.tensor([1 / 3, 3 / 4, 1 / 2], dtype=torch.float64))
+    assert math.isclose(m, (1 / 3 + 3 / 4 + 1 / 2) / 3)
+
+
+def test_absent_class_is_nan_and_left_out():
+    target = np.array([0, 0, 1, 1])
+    pred = np.array([0, 0, 1, 0])
+    conf = confusion_matrix(pred, target, 4)
+    m, per = miou(conf)
+    assert torch.isnan(per[2]) and torch.isnan(per[3])
+    assert math.isclose(m, (2 / 3 + 1 / 2) / 2)
+
+
+def test_accumulates_and_validates():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 5, (3, 8, 8), generator=g)
+    p = torch.randint(0, 5, (3, 8, 8), generator=g)
+    full = confusion_matrix(p, t, 5)
+    parts = sum(confusion_matrix(p[i], t[i], 5) for i in range(3))
+    assert torch.equal(full, parts) and int(full.sum()) == 192
+    with pytest.raises(ValueError):
+        confusion_matrix(p, torch.full_like(t, 7), 5)
+    with pytest.raises(ValueError):
+        confusion_matrix(p[:1], t, 5)
+    assert math.isnan(miou(torch.zeros(3, 3, dtype=torch.int64))[0])

@@ -1,0 +1,110 @@
+"""Tests for dfa.refine (method.md §5, §7)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dfa.affinity import sinkhorn_normalize
+from dfa.refine import PAR, cams_to_label, product_refine, scores_to_label
+
+
+def test_product_refine_matches_manual():
+    g = torch.Generator().manual_seed(0)
+    a1 = torch.sigmoid(torch.randn(2, 16, 16, generator=g))
+    a2 = torch.sigmoid(torch.randn(2, 16, 16, generator=g))
+    cam = torch.rand(2, 16, 3, generator=g)
+    out = product_refine([a1, a2], cam, rounds=3, square=True)
+    aff = sinkhorn_normalize(a1 * a2, rounds=3)
+    ref = (aff @ aff) @ cam
+    ref = (ref - ref.amin(1, keepdim=True)) / (ref.amax(1, keepdim=True) - ref.amin(1, keepdim=True))
+    torch.testing.assert_close(out, ref)
+    assert out.amin(1).abs().max() < 1e-6 and (out.amax(1) - 1).abs().max() < 1e-6
+    single = product_refine([a1], cam, square=False)
+    assert single.shape == (2, 16, 3)
+    with pytest.raises(ValueError):
+        product_refine([], cam)
+
+
+def _anchor_par(image, masks, dilations, iters, w1=0.3, w2=0.01):
+    """Reference written from the anchors' description: stacked neighbours via conv."""
+    kernel = torch.zeros(8, 1, 3, 3)
+    for k, (r, c) in enumerate([(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)]):
+        kernel[k, 0, r, c] = 1
+
+    def neighbours(x):
+        b, c, h, w = x.shape
+        out = []
+        for d in dilations:
+            xp = F.pad(x, [d] * 4, mode="replicate").reshape(b * c, 1, h + 2 * d, w + 2 * d)
+            out.append(F.conv2d(xp, kernel, dilation=d).view(b, c, 8, h, w))
+        return torch.cat(out, 2)
+
+    pos = torch.cat([torch.tensor([math.sqrt(2), 1, math.sqrt(2), 1, 1, math.sqrt(2), 1,
+                                   math.sqrt(2)]) * d for d in dilations])
+    nb = neighbours(image)
+    aff = -((nb - image[:, :, None]).abs() / (nb.std(2, keepdim=True) + 1e-8) / w1) ** 2
+    aff = aff.mean(1, keepdim=True)
+    pos_aff = -(pos / (pos.std() + 1e-8) / w1) ** 2
+    aff = F.softmax(aff, 2) + w2 * F.softmax(pos_aff, 0)[None, None, :, None, None]
+    for _ in range(iters):
+        masks = (neighbours(masks) * aff).sum(2)
+    return masks
+
+
+def test_par_matches_anchor_form():
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(2, 3, 20, 24, generator=g) * 255
+    masks = torch.rand(2, 4, 20, 24, generator=g)
+    par = PAR(dilations=(1, 2, 4), iters=5, renormalize=False)
+    ref = _anchor_par(image, masks, (1, 2, 4), 5)
+    torch.testing.assert_close(par(image, masks), ref, atol=1e-5, rtol=1e-5)
+    par_n = PAR(dilations=(1, 2, 4), iters=5)
+    torch.testing.assert_close(par_n(image, masks), ref / 1.01 ** 5, atol=1e-5, rtol=1e-5)
+
+
+def test_par_preserves_constant_mask():
+    image = torch.rand(1, 3, 32, 32) * 255
+    masks = torch.full((1, 3, 32, 32), 0.4)
+    out = PAR()(image, masks)
+    torch.testing.assert_close(out, masks, atol=1e-5, rtol=0)
+
+
+def test_par_does_not_bleed_across_colour_edge():
+    image = torch.zeros(1, 3, 32, 32)
+    image[..., 16:] = 255.0                                  # strong vertical edge
+    image = image + torch.rand(1, 3, 32, 32)                 # a little texture
+    masks = torch.zeros(1, 1, 32, 32)
+    masks[..., :16] = 1.0
+    out = PAR(dilations=(1, 2, 4, 8), iters=10)(image, masks)
+    flat = PAR(dilations=(1, 2, 4, 8), iters=10)(torch.zeros_like(image), masks)
+    assert out[..., 18:].max() < 0.1                         # right of the edge stays low
+    assert out[..., :14].min() > 0.9                         # left stays high
+    assert flat[..., 16:18].mean() > 0.2                     # without the edge it spreads
+
+
+def test_par_resizes_masks():
+    out = PAR(iters=2)(torch.rand(1, 3, 16, 16), torch.rand(1, 2, 8, 8))
+    assert out.shape == (1, 2, 16, 16)
+
+
+def test_cams_to_label():
+    cam = torch.zeros(1, 3, 2, 2)
+    cam[0, 0, 0, 0] = 0.9                                   # class 0 strong at (0, 0)
+    cam[0, 1, 0, 1] = 0.95                                  # class 1 (invalid) at (0, 1)
+    cam[0, 2, 1, 0] = 0.3                                   # class 2 weak at (1, 0)
+    valid = torch.tensor([[True, False, True]])
+    scores = cams_to_label(cam, valid)
+    assert scores.shape == (1, 4, 2, 2)
+    torch.testing.assert_close(scores[0, 0], torch.tensor([[0.1, 1.0], [0.7, 1.0]]))
+    assert (scores[0, 2] == 0).all()                        # invalid class zeroed
+    label = scores_to_label(scores)
+    assert label.dtype == torch.long
+    assert torch.equal(label[0], torch.tensor([[1, 0], [0, 0]]))
+    sq = cams_to_label(cam, valid, bg_power=2.0)
+    torch.testing.assert_close(sq[0, 0], torch.tensor([[0.01, 1.0], [0.49, 1.0]]))
+    bg = torch.full((1, 2, 2), 0.2)
+    with_bg = cams_to_label(cam, valid, bg=bg)
+    assert torch.equal(scores_to_label(with_bg)[0], torch.tensor([[1, 0], [3, 0]]))
+    neg = cams_to_label(cam, valid, invalid_value=float("-inf"))
+    assert torch.isinf(neg[0, 2]).all()
