@@ -71,7 +71,7 @@ class ClipConfig:
     """
     model: str = "dfa-tiny-vit"
     pretrained: str | None = None
-    checkpoint: str | None = "checkpoints/clip.pt"
+    checkpoint: str | None = "checkpoints/clip/model.pt"
     last_k: int = 4
     similarity: str = "maskclip"
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
@@ -398,7 +398,7 @@ SMOKE_OVERRIDES = {
 
 SMOKE_PATHS = {
     "data.root": "data/synthetic-smoke",
-    "clip.checkpoint": "checkpoints/clip-smoke.pt",
+    "clip.checkpoint": "checkpoints/clip-smoke/model.pt",
     "cache.dir": "cache/features-smoke",
     "train.dir": "checkpoints/dfa-smoke",
 }

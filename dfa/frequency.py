@@ -110,8 +110,9 @@ def split_frequencies(x: torch.Tensor, ratio: float) -> Tuple[torch.Tensor, torc
     to within one rounding (≤ 1 ulp of max(|low|, |high|)). A bitwise ``low + high == x``
     is not guaranteed in floating point: the rounding of ``x − low`` can lose bits that
     ``low`` does not give back (fp32: x = 1, low = −0.6·2⁻²⁴ gives high = 1 and
-    low + high = 1 − 2⁻²⁴; about 10 % of entries of a random map differ by 1 ulp). A constant map is all low; a Nyquist checkerboard is all high
-    for any box that does not cover the whole axis; ρ = 1 returns (x, 0) exactly.
+    low + high = 1 − 2⁻²⁴; about 10 % of entries of a random map differ by 1 ulp).
+    A constant map is all low; a Nyquist checkerboard is all high for any box that does
+    not cover the whole axis; ρ = 1 returns (x, 0) exactly.
 
     Args:
         x: (..., h, w) real tensor, e.g. decoder features (B, D, h, w).

@@ -58,8 +58,9 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon: floa
     * Plain scaling form (default). ``K v`` and ``Kᵀ u`` are row-vector × matrix products
       against contiguous K and Kᵀ, measured 2.5–3× faster on CPU than the
       broadcast-multiply-and-sum form that perf-anchors §2 recommends (itself faster than
-      matrix × column-vector ``bmm``). The kernel is row-stabilised, ``K = exp(−(C − min_j C_ij)/ε)``; the
-      row factor is absorbed exactly by u, and every row of K has a 1 in it.
+      matrix × column-vector ``bmm``). The kernel is row-stabilised,
+      ``K = exp(−(C − min_j C_ij)/ε)``: the row factor is absorbed exactly by u, and every
+      row of K has a 1 in it.
     * Log domain (``logsumexp`` updates of the potentials f = ε log u, g = ε log v) when
       ``log_domain=True``, and **automatically** when the largest row range of the cost
       divided by ε exceeds 50 (fp32) / 500 (fp64), where the plain kernel would underflow

@@ -160,8 +160,10 @@ def cams_to_label(cam: torch.Tensor, valid: torch.Tensor, bg_power: float = 1.0,
     """
     valid4 = valid.bool()[:, :, None, None]
     if bg is None:
-        fg_max = cam.masked_fill(~valid4, 0.0).amax(dim=1, keepdim=True) if cam.shape[1] \
-            else torch.zeros_like(cam[:, :1])
+        if cam.shape[1]:
+            fg_max = cam.masked_fill(~valid4, 0.0).amax(dim=1, keepdim=True)
+        else:
+            fg_max = cam.new_zeros(cam.shape[0], 1, *cam.shape[2:])
         bg = (1.0 - fg_max).clamp_min(0) ** bg_power
     elif bg.dim() == 3:
         bg = bg[:, None]

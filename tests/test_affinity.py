@@ -77,3 +77,10 @@ def test_affinity_head_shape_range_and_grad():
     assert head.fc1.weight.grad is not None
     with pytest.raises(ValueError):
         head(torch.rand(2, 4, 12, 12))
+
+
+def test_affinity_head_equals_conv_form():
+    head = AffinityHead(in_layers=4, hidden=8)
+    x = torch.randn(2, 4, 6, 6)
+    ref = torch.sigmoid(head.fc2(head.act(head.fc1(x)))).squeeze(1)
+    torch.testing.assert_close(head(x), ref, atol=1e-6, rtol=1e-5)

@@ -311,6 +311,20 @@ def test_labels_come_from_npy_not_mask(tmp_path):
         layout.read_list("val")
 
 
+def test_read_list_formats(tmp_path):
+    layout = Layout(tmp_path, "voc")
+    layout.list_path("train").parent.mkdir(parents=True)
+    layout.list_path("train").write_text("/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png\n\nb.c\n")
+    assert layout.read_list("train") == ["2007_000032", "b.c"]
+    with pytest.raises(DataError, match="val.txt"):
+        layout.read_list("val")
+    with pytest.raises(DataError, match="nowhere"):
+        Layout(tmp_path, "coco").image_path("nowhere_000001")
+    Image.new("RGB", (4, 3)).save(tmp_path / "rgb.png")
+    with pytest.raises(DataError, match="rgb.png"):
+        read_mask(tmp_path / "rgb.png")
+
+
 # ----------------------------------------------------------------------------- transforms
 def test_train_transform_shapes_and_padding():
     rng = np.random.default_rng(3)

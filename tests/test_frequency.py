@@ -1,6 +1,4 @@
 """Tests for dfa.frequency (method.md §3, §4)."""
-import math
-
 import pytest
 import torch
 
@@ -37,7 +35,8 @@ def test_mask_ratio_one_and_bad_ratio():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape,ratio", [((2, 8, 20, 20), 0.25), ((3, 6, 5), 0.5), ((4, 7, 8), 0.35)])
+@pytest.mark.parametrize("shape,ratio",
+                         [((2, 8, 20, 20), 0.25), ((3, 6, 5), 0.5), ((4, 7, 8), 0.35)])
 def test_split_exact_and_matches_literal(dtype, shape, ratio):
     torch.manual_seed(0)
     x = torch.randn(shape, dtype=dtype)

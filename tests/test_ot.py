@@ -272,3 +272,14 @@ def test_ot_refine_output():
     score_req = score.clone().requires_grad_(True)
     m2 = ot_refine(score_req.to(torch.bfloat16), v)
     assert m2.dtype == torch.float32 and not m2.requires_grad
+
+
+def test_rounding_mass_gap_is_absorbed_and_check_every():
+    cost, a, b = _problem(2, 30, 5, torch.float32, seed=11)
+    b64 = b.double() * (1 + 3e-7)                                  # fp32-level mass gap
+    t, info = sinkhorn(cost.double(), a.double(), b64, 0.1, max_iters=500, tol=1e-9,
+                       return_info=True)
+    assert info["err"] < 1e-9
+    t5, info5 = sinkhorn(cost, a, b, 0.1, max_iters=500, tol=1e-6, return_info=True,
+                         check_every=5)
+    assert info5["iters"] % 5 == 0 and info5["err"] < 1e-6

@@ -17,7 +17,8 @@ def test_product_refine_matches_manual():
     out = product_refine([a1, a2], cam, rounds=3, square=True)
     aff = sinkhorn_normalize(a1 * a2, rounds=3)
     ref = (aff @ aff) @ cam
-    ref = (ref - ref.amin(1, keepdim=True)) / (ref.amax(1, keepdim=True) - ref.amin(1, keepdim=True))
+    lo, hi = ref.amin(1, keepdim=True), ref.amax(1, keepdim=True)
+    ref = (ref - lo) / (hi - lo)
     torch.testing.assert_close(out, ref)
     assert out.amin(1).abs().max() < 1e-6 and (out.amax(1) - 1).abs().max() < 1e-6
     single = product_refine([a1], cam, square=False)

@@ -82,6 +82,7 @@ def check_tree(layout: Layout, num_classes: int, splits: Iterable[str] | None = 
     called as images are checked (each distinct image once, even if listed in two splits).
     """
     problems: list[str] = []
+    splits = [splits] if isinstance(splits, str) else splits  # one split given as a bare name
     splits = list(splits) if splits is not None else list(layout.default_splits)
     lists: dict[str, list[str]] = {}
     for split in splits:
@@ -130,6 +131,7 @@ def check_data_main(root: str | Path, kind: str, splits: Iterable[str] | None = 
     try:
         layout = Layout(Path(root), kind)
         spec = spec_for(kind, root)
+        splits = [splits] if isinstance(splits, str) else splits
         splits = list(splits) if splits is not None else list(layout.default_splits)
         problems = check_tree(layout, spec.num_classes, splits, EXPECTED_COUNTS.get(kind))
     except (DataError, ValueError, OSError) as exc:

@@ -62,7 +62,8 @@ def read_mask(path: str | Path) -> np.ndarray:
     path = Path(path)
     img = _open(path)
     if img.mode not in ("P", "L", "I", "I;16"):
-        raise DataError(f"{path}: mask must be a palette or grayscale PNG of class indices, got mode {img.mode}")
+        raise DataError(f"{path}: mask must be a palette or grayscale PNG of class indices, got mode "
+                        f"{img.mode} (colour-coded masks must be converted to indices first)")
     arr = np.asarray(img)
     if arr.ndim != 2:
         raise DataError(f"{path}: mask must be 2-D, got shape {arr.shape}")

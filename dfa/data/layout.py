@@ -26,8 +26,15 @@ class DataError(Exception):
     """A problem with a dataset file; the message always names the path."""
 
 
+def _stem(token: str) -> str:
+    name = Path(token).name
+    return name.rsplit(".", 1)[0] if name.lower().endswith((".jpg", ".jpeg", ".png")) else name
+
+
 @dataclass(frozen=True)
 class Layout:
+    """Paths of one dataset tree; ``kind`` is one of ``KINDS``."""
+
     root: Path
     kind: str = "voc"
 
@@ -65,8 +72,8 @@ class Layout:
     def read_list(self, split: str) -> list[str]:
         """Image names of a split, one per line (blank lines and extra columns ignored).
 
-        Some VOC lists carry ``name mask`` pairs or ``/JPEGImages/x.jpg`` paths; only the stem
-        of the first column is kept.
+        Some VOC lists carry ``image mask`` pairs or ``/JPEGImages/x.jpg`` paths; only the
+        first column is kept, without folder and image extension.
         """
         path = self.list_path(split)
         try:
@@ -75,7 +82,7 @@ class Layout:
             raise DataError(f"{path}: list file for split {split!r} is missing") from None
         except OSError as exc:
             raise DataError(f"{path}: unreadable list file ({exc})") from None
-        names = [Path(line.split()[0]).stem for line in text.splitlines() if line.strip()]
+        names = [_stem(line.split()[0]) for line in text.splitlines() if line.strip()]
         if not names:
             raise DataError(f"{path}: list file for split {split!r} is empty")
         return names

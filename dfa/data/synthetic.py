@@ -13,7 +13,9 @@ with thin spikes, several instances overlap, and sizes vary widely (boundaries).
     ImageSets/Segmentation/{train_aug,train,val,pretrain}.txt
     cls_labels_onehot.npy                  (dict name -> float32 (8,), every listed image)
     classes.json                           (classes, synonyms, background prompts)
-    annotations.json                       (name -> background + objects; captions/crops only)
+    annotations.json                       (name -> {"background": kind, "objects": [{"class",
+                                            "bbox": [x0, y0, x1, y1] of visible pixels, x1/y1
+                                            exclusive}]} in drawing order; captions/crops only)
     .complete                              (generation parameters; written last)
 
 ``train`` is the first ``num_train`` names of ``train_aug`` (as in VOC); ``val`` and
@@ -199,7 +201,8 @@ def _rot(points: np.ndarray, phi: float, cx: float, cy: float) -> list[float]:
     return pts.ravel().tolist()
 
 
-def _poly_mask(size: tuple[int, int], polys: list[list[tuple[float, float]]]) -> np.ndarray:
+def _poly_mask(size: tuple[int, int], polys: list[list[float]]) -> np.ndarray:
+    """Boolean mask (H, W) = size[::-1] of filled polygons given as flat [x0, y0, x1, y1, ...] lists."""
     img = Image.new("L", size, 0)
     draw = ImageDraw.Draw(img)
     for p in polys:

@@ -32,6 +32,7 @@ from dfa.stages.common import class_spec, console, data_errors, layout_of, progr
 from dfa.tracking import stage_run
 
 METRICS = Path("reports/metrics/clip.json")
+MANIFEST = Path("checkpoints/clip/backbone.json")  # the stage's DVC output on every dataset
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
@@ -124,6 +125,9 @@ def pretrain_clip(cfg: Config, args=None) -> int:
     if cfg.data.name != "synthetic":
         console.print(f"pretrain-clip: data.name={cfg.data.name} uses the real CLIP "
                       f"({cfg.clip.model}/{cfg.clip.pretrained or cfg.clip.checkpoint}); nothing to pretrain.")
+        write_json(MANIFEST, {"model": cfg.clip.model, "pretrained": cfg.clip.pretrained,
+                              "checkpoint": cfg.clip.checkpoint, "pretrained_here": False})
+        write_json(METRICS, {"skipped": True, "model": cfg.clip.model})
         return 0
     if cfg.clip.model != TINY_NAME or not cfg.clip.checkpoint:
         raise WorkbenchError(f"pretrain-clip trains {TINY_NAME}: set clip.model={TINY_NAME} and clip.checkpoint")
@@ -182,6 +186,8 @@ def pretrain_clip(cfg: Config, args=None) -> int:
                 "background": spec.background, "metrics": metrics, "steps": p.steps}
         save_torch(cfg.clip.checkpoint, ckpt)
         write_json(METRICS, metrics)
+        write_json(Path(cfg.clip.checkpoint).parent / MANIFEST.name, {"model": TINY_NAME, "checkpoint": cfg.clip.checkpoint, "pretrained_here": True,
+                              "config": arch, "metrics": metrics})
         run.log_metrics(metrics)
         run.log_artifact(cfg.clip.checkpoint)
     console.print(f"small CLIP: zero-shot accuracy {metrics['zero_shot_acc']:.1f}% (object crops), "

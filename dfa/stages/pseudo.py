@@ -9,7 +9,7 @@ For each image of ``data.seed_split`` (VOC: train, 1,464 images) at the crop vie
 
 All three are upsampled to the image's size and scored against its ground truth with
 one accumulated confusion matrix each. Seed and mask PNGs are written (atomically) to
-``outputs/<row>/``; a re-run with the same model resumes at the first missing image.
+``outputs/pseudo/{cam,seed,mask}/``; a re-run with the same model resumes at the first missing image.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from dfa.tracking import stage_run
 
 METRICS = Path("reports/metrics/pseudo.json")
 GRID = Path("reports/figures/pseudo_grid.png")
+OUTPUTS = Path("outputs/pseudo")
 
 
 def crf_params(cfg: Config) -> dict:
@@ -50,6 +51,42 @@ def to_probs(scores: torch.Tensor) -> np.ndarray:
     return (s / s.sum(0, keepdim=True)).numpy()
 
 
+def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict, out: Path | None = None,
+                bar=None, crf: bool | None = None) -> tuple[dict, dict, list]:
+    """mIoU (percent) of cam / seed / mask over ``names``; PNGs under ``out`` (resumable).
+
+    Returns (metrics, per-class IoU per kind, grid rows for the figure).
+    """
+    n_cls = len(ext.spec.classes) + 1
+    conf = {k: torch.zeros(n_cls, n_cls, dtype=torch.int64) for k in ("cam", "seed", "mask")}
+    grid_rows: list = []
+    task = bar.add_task("seeds and pseudo masks", total=len(names), info="") if bar is not None else None
+    for i in range(0, len(names), 16):
+        sub = names[i:i + 16]
+        with data_errors():
+            raw = [read_image(layout.image_path(n)) for n in sub]
+            gts = [read_mask(layout.mask_path(n)) for n in sub]
+        if out is not None and all((out / k / f"{n}.png").exists() for n in sub for k in conf):
+            preds = {k: [read_mask(out / k / f"{n}.png") for n in sub] for k in conf}
+        else:
+            preds = predict(cfg, model, ext, raw, [labels[n] for n in sub], cfg.data.crop_size, ext.device, crf)
+            if out is not None:
+                for k, maps in preds.items():
+                    for n, m in zip(sub, maps):
+                        write_mask(out / k / f"{n}.png", m.astype(np.uint8))
+        for k in conf:
+            for p, g in zip(preds[k], gts):
+                conf[k] += confusion_matrix(torch.from_numpy(p.astype(np.int64)),
+                                            torch.from_numpy(g.astype(np.int64)), n_cls)
+        for j in range(min(len(sub), cfg.eval.grid_images - len(grid_rows))):
+            grid_rows.append([raw[j], gts[j], preds["cam"][j], preds["seed"][j], preds["mask"][j]])
+        if bar is not None:
+            bar.update(task, advance=len(sub))
+    scores = {k: miou(c) for k, c in conf.items()}
+    metrics = {f"{k}_miou": 100 * v[0] for k, v in scores.items()}
+    return metrics, {k: v[1] for k, v in scores.items()}, grid_rows
+
+
 def pseudo(cfg: Config, args=None) -> int:
     device = setup(cfg)
     spec = class_spec(cfg)
@@ -59,47 +96,20 @@ def pseudo(cfg: Config, args=None) -> int:
         labels = load_labels(layout.labels_path())
     model = load_trained(cfg, device)
     ext = extractor(cfg, spec, device)
-    out = Path("outputs") / f"row{cfg.ablation.row}" if cfg.ablation.row is not None else Path("outputs/custom")
+    out = OUTPUTS
     fp = fingerprint({"model": file_digest(Path(cfg.train.dir) / "model.pt"), "cfg": cfg.flat()})
     stamp = out / "fingerprint.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("fp") != fp:
-        for f in out.glob("*/*.png"):
+        for f in out.glob("*/*.png"):  # made by another model or params: start over
             f.unlink()
     write_json(stamp, {"fp": fp})
-    n_cls = spec.num_classes
-    conf = {k: torch.zeros(n_cls, n_cls, dtype=torch.int64) for k in ("cam", "seed", "mask")}
-    grid_rows = []
-    crop = cfg.data.crop_size
     with stage_run(cfg, "pseudo_labels") as run, progress() as bar:
-        task = bar.add_task("seeds and pseudo masks", total=len(names), info="")
-        for i in range(0, len(names), 16):
-            sub = names[i:i + 16]
-            with data_errors():
-                raw = [read_image(layout.image_path(n)) for n in sub]
-                gts = [read_mask(layout.mask_path(n)) for n in sub]
-            done = all((out / k / f"{n}.png").exists() for n in sub for k in ("cam", "seed", "mask"))
-            if done:
-                preds = {k: [read_mask(out / k / f"{n}.png") for n in sub] for k in ("cam", "seed", "mask")}
-            else:
-                preds = predict(cfg, model, ext, raw, [labels[n] for n in sub], crop, device)
-                for k, maps in preds.items():
-                    for n, m in zip(sub, maps):
-                        write_mask(out / k / f"{n}.png", m.astype(np.uint8))
-            for k in conf:
-                for p, g in zip(preds[k], gts):
-                    conf[k] += confusion_matrix(torch.from_numpy(p.astype(np.int64)), torch.from_numpy(g.astype(np.int64)),
-                                                n_cls)
-            if len(grid_rows) < cfg.eval.grid_images:
-                for j in range(min(len(sub), cfg.eval.grid_images - len(grid_rows))):
-                    grid_rows.append([raw[j], gts[j], preds["cam"][j], preds["seed"][j], preds["mask"][j]])
-            bar.update(task, advance=len(sub))
-        scores = {k: miou(c) for k, c in conf.items()}
-        metrics = {f"{k}_miou": 100 * v[0] for k, v in scores.items()}
+        metrics, ious, grid_rows = score_seeds(cfg, model, ext, layout, names, labels, out, bar)
         metrics.update(dataset=cfg.data.name, split=cfg.data.seed_split, images=len(names),
                        ablation_row=cfg.ablation.row)
         write_json(METRICS, metrics)
         save_grid(GRID, grid_rows, ["image", "ground truth", "raw CAM", "refined CAM (seed)", "pseudo mask"])
-        table = iou_table(["background", *spec.classes], {k: v[1] for k, v in scores.items()})
+        table = iou_table(["background", *spec.classes], ious)
         run.log_metrics({k: v for k, v in metrics.items() if k.endswith("miou")})
         run.log_artifact(GRID)
         run.log_text(table, "per_class_iou.md")
@@ -111,7 +121,7 @@ def pseudo(cfg: Config, args=None) -> int:
 
 @torch.no_grad()
 def predict(cfg: Config, model, ext, raw: list[np.ndarray], labels: list[np.ndarray], crop: int,
-            device) -> dict[str, list[np.ndarray]]:
+            device, crf: bool | None = None) -> dict[str, list[np.ndarray]]:
     """Label maps (cam, seed, mask) at each image's own size."""
     views = np.stack([square_view(im, crop) for im in raw])
     image = normalise(views, cfg).to(device)
@@ -131,7 +141,7 @@ def predict(cfg: Config, model, ext, raw: list[np.ndarray], labels: list[np.ndar
         seed = up(refined.scores)
         out["seed"].append(seed.argmax(0).numpy())
         crf_items.append((im, to_probs(seed)))
-    if cfg.eval.crf.enabled:
+    if (cfg.eval.crf.enabled if crf is None else crf):
         out["mask"] = crf_labels(crf_items, workers=cfg.eval.workers, **crf_params(cfg))
     else:
         out["mask"] = list(out["seed"])

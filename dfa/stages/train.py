@@ -135,7 +135,12 @@ def train_step(model: DFA, batch: dict, device: torch.device) -> dict[str, torch
     return model.losses(batch["tokens"].to(device), aff, refined.labels, grid, size)
 
 
-def train(cfg: Config, args=None) -> int:
+def fit(cfg: Config, run, callback=None) -> dict:
+    """Train (resuming from ``train.dir``-resume if its fingerprint matches); returns metrics.
+
+    ``callback(step, model)`` runs every ``search.report_every`` steps (Optuna pruning).
+    Writes ``train.dir/model.pt``; reports are the caller's business.
+    """
     device = setup(cfg)
     spec = class_spec(cfg)
     out_dir = Path(cfg.train.dir)
@@ -175,7 +180,7 @@ def train(cfg: Config, args=None) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     model.train()
     try:
-        with stage_run(cfg, "train") as run, progress() as bar:
+        with progress() as bar:
             task = bar.add_task("train DFA", total=cfg.train.steps, completed=start, info="")
             for step in range(start, cfg.train.steps):
                 batch = batches.next()
@@ -202,23 +207,32 @@ def train(cfg: Config, args=None) -> int:
                     save_resume(step + 1)
                     raise KeyboardInterrupt(f"stopped by signal {stop['signal']} at step {step + 1}; "
                                             f"re-run the same command to resume")
-            digest = state_digest(model)
-            save_torch(out_dir / "model.pt", {"model": model.state_dict(), "fingerprint": fp, "step": cfg.train.steps,
-                                              "num_blocks": first["tokens"].shape[1],
-                                              "in_dim": first["tokens"].shape[-1], "classes": spec.classes,
-                                              "state_digest": digest})
-            save_resume(cfg.train.steps)
-            metrics = {"final_step": cfg.train.steps, "state_digest": digest,
-                       "final_loss": float(np.mean([r["loss_total"] for r in curve[-20:]])) if curve else None,
-                       "alpha": float(model.alpha)}
-            write_json(METRICS, metrics)
-            write_curve(curve)
-            run.log_metrics({"final_loss": metrics["final_loss"] or 0.0})
-            run.log_artifact(CURVE)
+                if callback is not None and (step + 1) % cfg.search.report_every == 0:
+                    model.eval()
+                    callback(step + 1, model)
+                    model.train()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    console.print(f"trained {cfg.train.steps} steps → {out_dir / 'model.pt'} (digest {digest[:12]})")
+    digest = state_digest(model)
+    save_torch(out_dir / "model.pt", {"model": model.state_dict(), "fingerprint": fp, "step": cfg.train.steps,
+                                      "num_blocks": first["tokens"].shape[1], "in_dim": first["tokens"].shape[-1],
+                                      "classes": spec.classes, "state_digest": digest})
+    save_resume(cfg.train.steps)
+    return {"final_step": cfg.train.steps, "state_digest": digest, "curve": curve, "alpha": float(model.alpha),
+            "final_loss": float(np.mean([r["loss_total"] for r in curve[-20:]])) if curve else None}
+
+
+def train(cfg: Config, args=None) -> int:
+    with stage_run(cfg, "train") as run:
+        result = fit(cfg, run)
+        metrics = {k: v for k, v in result.items() if k != "curve"}
+        write_json(METRICS, metrics)
+        write_curve(result["curve"])
+        run.log_metrics({"final_loss": metrics["final_loss"] or 0.0})
+        run.log_artifact(CURVE)
+    console.print(f"trained {cfg.train.steps} steps → {Path(cfg.train.dir) / 'model.pt'} "
+                  f"(digest {metrics['state_digest'][:12]})")
     return 0
 
 
