@@ -107,6 +107,26 @@ class AffinityHead(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Conv2d(hidden, 1, kernel_size=1)
 
+    @torch.no_grad()
+    def init_as_attention(self, bias: float = -4.0) -> "AffinityHead":
+        """Start as ``sigmoid(mean_k x_k + bias)`` (params.yaml ``affinity.head_init: attention``).
+
+        Fed with log-attention, the untrained head then reproduces the (geometric-mean)
+        attention affinity of row 0 instead of a near-constant map, so training starts
+        from the anchors' affinity. Uses GELU(z) − GELU(−z) = z on two hidden units; the
+        other units start with zero output weight and learn from there.
+        """
+        k = self.in_layers
+        self.fc1.weight.mul_(0.1)
+        self.fc1.weight[0].fill_(1.0 / k)
+        self.fc1.weight[1].fill_(-1.0 / k)
+        self.fc1.bias[:2] = 0.0
+        self.fc2.weight.zero_()
+        self.fc2.weight[0, 0] = 1.0
+        self.fc2.weight[0, 1] = -1.0
+        self.fc2.bias.fill_(bias)
+        return self
+
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         if maps.dim() != 4 or maps.shape[1] != self.in_layers:
             raise ValueError(f"AffinityHead expects (B, {self.in_layers}, N, N), "

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfa.backbone.clip import minmax_tokens
 from dfa.affinity import AffinityHead, inverse_attention, sinkhorn_normalize, square, symmetrize
 from dfa.config import Config
 from dfa.frequency import relation, split_frequencies
@@ -75,6 +76,8 @@ class DFA(nn.Module):
         self.cfg = cfg
         k = cfg.clip.last_k
         self.head_s = AffinityHead(k, cfg.affinity.hidden)
+        if cfg.affinity.head_init == "attention":
+            self.head_s.init_as_attention()
         self.head_inv = AffinityHead(k, cfg.affinity.hidden)
         d = cfg.decoder
         self.decoder = Decoder(num_blocks, in_dim, num_classes, d.width, d.layers, d.heads, d.dropout)
@@ -85,9 +88,9 @@ class DFA(nn.Module):
     def affinities(self, attn: torch.Tensor, grid: tuple[int, int], trained: bool = True) -> Affinities:
         """attn (B, K, N, N) head-mean attention of the last K blocks.
 
-        The heads see ``N·W`` (attention rescaled so its mean entry is 1 at any N), a
-        documented choice (``affinity`` section): raw softmax values shrink as 1/N and a
-        freshly initialised 1×1 conv would map them all to about the same output.
+        The heads see attention rescaled so its mean entry is 1 at any N (raw softmax
+        values shrink as 1/N): the A_s head log(N·W) when ``affinity.head_init=attention``
+        (it then starts as the attention affinity), else N·W; the inverse head N·(I − W).
         ``trained=False`` gives the untrained attention affinity A_s = Norm(mean_K W) of row 0.
         """
         a = self.cfg.affinity
@@ -95,7 +98,8 @@ class DFA(nn.Module):
         n = attn.shape[-1]
         attn = attn.float()
         if trained and ab.learned_s:
-            s_raw = symmetrize(self.head_s(attn * n))
+            x = torch.log((attn * n).clamp_min(1e-4)) if a.head_init == "attention" else attn * n
+            s_raw = symmetrize(self.head_s(x))
         else:
             s_raw = attn.mean(1)
         inv_raw = inv = None
@@ -132,6 +136,8 @@ class DFA(nn.Module):
             s_all = torch.cat([sim_bg[..., None], sim], -1) if use_col else sim
             valid = torch.cat([torch.ones_like(present[:, :1]), present], -1) if use_col else present
             score = scoring_matrix(a_la, a_ha, s_all, cfg.ot.score, cfg.ot.lambda_l, cfg.ot.lambda_h)
+            if cfg.ot.normalize == "class":
+                score = minmax_tokens(score)
             v = column_marginal(s_all, cfg.ot.marginal, cfg.ot.tau, valid)
             m_r = ot_refine(score, v, cfg.ot.epsilon, cfg.ot.max_iters, cfg.ot.tol)
             fg = m_r[..., 1:] if use_col else m_r

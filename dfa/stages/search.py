@@ -1,0 +1,382 @@
+"""``dfa search``: an Optuna study over a search space in ``experiments/*.yaml`` (issue 4).
+
+Each trial trains DFA for ``search.train_steps`` steps with the sampled params and scores
+its seeds on the first images of the seed split; intermediate scores feed a median
+pruner. The study lives in the RDB storage ``search.storage`` (a relative SQLite path is
+resolved from the repository root), so re-running the command continues it. Every trial
+is a nested MLflow run under one parent run per invocation, and the summary (best trial,
+parameter importances, optimisation history) goes to ``reports/search/<study>/``.
+
+The space file format is described in ``experiments/README.md``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+from rich.markup import escape
+from rich.table import Table
+
+from dfa.config import Config, ConfigError, load_config
+from dfa.data.dataset import load_labels
+from dfa.io import atomic_path, write_json
+from dfa.stages.common import class_spec, console, data_errors, device_of, layout_of, limit, repo_root
+from dfa.tracking import resolve_uri, stage_run
+
+REPORTS = Path("reports/search")
+METRICS = ("seed_miou", "cam_miou", "mask_miou")
+TYPES = ("float", "int", "categorical")
+SCORE_IMAGES = 50  # images scored per trial when data.max_seed_images is 0 (the whole split)
+
+
+# ------------------------------------------------------------------------------ the space
+
+@dataclass
+class ParamSpec:
+    """One searched key: ``float``/``int`` in [low, high] (optionally log or stepped) or ``categorical``."""
+    key: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list | None = None
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.type == "float":
+            return trial.suggest_float(self.key, self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return trial.suggest_categorical(self.key, self.choices)
+
+
+@dataclass
+class Space:
+    path: Path
+    params: dict[str, ParamSpec]
+    metric: str = "seed_miou"
+    direction: str = "maximize"
+    fixed: dict[str, Any] = field(default_factory=dict)
+    pruner: dict[str, int] = field(default_factory=dict)
+
+
+def _override(key: str, value: Any) -> str:
+    # JSON is a YAML subset, so ``-S``'s YAML parser reads back exactly this value.
+    return f"{key}={json.dumps(value)}"
+
+
+def load_space(path: str | Path, cfg: Config) -> Space:
+    """Read and check a space file; every error names the file and the key."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: search space not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    unknown = sorted(set(raw) - {"metric", "direction", "params", "fixed", "pruner", "description"})
+    if unknown:
+        raise ConfigError(f"{path}: {unknown[0]}: unknown key")
+    known = set(cfg.flat())
+    metric = raw.get("metric", "seed_miou")
+    if metric not in METRICS:
+        raise ConfigError(f"{path}: metric: must be one of {', '.join(METRICS)}, got {metric!r}")
+    direction = raw.get("direction", "maximize")
+    if direction not in ("maximize", "minimize"):
+        raise ConfigError(f"{path}: direction: must be maximize or minimize, got {direction!r}")
+    fixed = raw.get("fixed") or {}
+    for key in fixed:
+        if key not in known:
+            raise ConfigError(f"{path}: fixed.{key}: not a params key")
+    pruner = raw.get("pruner") or {}
+    for key, value in pruner.items():
+        if key not in ("n_startup_trials", "n_warmup_steps", "interval_steps") or not isinstance(value, int):
+            raise ConfigError(f"{path}: pruner.{key}: expected n_startup_trials, n_warmup_steps or "
+                              f"interval_steps with an integer value, got {value!r}")
+    params = {}
+    for key, spec in (raw.get("params") or {}).items():
+        params[key] = _param(path, key, spec, known)
+    if not params:
+        raise ConfigError(f"{path}: params: the space has no parameters")
+    return Space(path, params, metric, direction, fixed, pruner)
+
+
+def _param(path: Path, key: str, spec: Any, known: set[str]) -> ParamSpec:
+    where = f"{path}: params.{key}"
+    if key not in known:
+        raise ConfigError(f"{where}: not a params key")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping with type, low/high or choices")
+    extra = sorted(set(spec) - {"type", "low", "high", "log", "step", "choices"})
+    if extra:
+        raise ConfigError(f"{where}.{extra[0]}: unknown key")
+    if "type" not in spec:
+        raise ConfigError(f"{where}.type: missing (float, int or categorical)")
+    p = ParamSpec(key, **spec)
+    if p.type not in TYPES:
+        raise ConfigError(f"{where}.type: must be one of {', '.join(TYPES)}, got {p.type!r}")
+    if p.type == "categorical":
+        if not isinstance(p.choices, list) or not p.choices:
+            raise ConfigError(f"{where}.choices: need a non-empty list")
+        return p
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (p.low, p.high))
+    if not ok or not p.low < p.high:
+        raise ConfigError(f"{where}: need numbers low < high, got low={p.low!r} high={p.high!r}")
+    if p.log and p.low <= 0:
+        raise ConfigError(f"{where}.low: a log scale needs low > 0, got {p.low}")
+    if p.log and p.step is not None:
+        raise ConfigError(f"{where}: log and step cannot be combined")
+    return p
+
+
+def trial_config(args, cfg: Config, space: Space, values: dict[str, Any], train_dir: str) -> Config:
+    """The base params + ``-S`` overrides, then the space's fixed values, then the sampled ones."""
+    overrides = [*args.overrides, *(_override(k, v) for k, v in space.fixed.items()),
+                 *(_override(k, v) for k, v in values.items()),
+                 _override("train.dir", train_dir), _override("train.steps", cfg.search.train_steps)]
+    return load_config(args.params, overrides, smoke=args.smoke)
+
+
+# ------------------------------------------------------------------------------ scoring
+
+class SeedScorer:
+    """Seed mIoU of a model on the first images of the seed split (crf off unless needed).
+
+    The frozen extractor is kept across trials and rows with the same CLIP params: loading
+    ViT-B-16 per trial would cost more than scoring.
+    """
+
+    def __init__(self):
+        self._extractors: dict[str, Any] = {}
+
+    def for_config(self, cfg: Config, crf: bool | None = False,
+                   default_images: int = SCORE_IMAGES) -> Callable[..., dict[str, float]]:
+        """A ``score(model, bar=None)`` for ``cfg``; ``default_images`` applies when
+        ``data.max_seed_images`` is 0 (0 again = the whole split)."""
+        from dfa.stages.pseudo import score_seeds
+        from dfa.stages.views import extractor
+
+        device = device_of(cfg)
+        spec = class_spec(cfg)
+        layout = layout_of(cfg)
+        with data_errors():
+            names = limit(layout.read_list(cfg.data.seed_split), cfg.data.max_seed_images or default_images)
+            labels = load_labels(layout.labels_path())
+        key = json.dumps([cfg.clip.__dict__, cfg.data.name, cfg.data.root, str(device)], sort_keys=True, default=str)
+        if key not in self._extractors:
+            self._extractors[key] = extractor(cfg, spec, device)
+        ext = self._extractors[key]
+
+        def score(model, bar=None) -> dict[str, float]:
+            metrics, _, _ = score_seeds(cfg, model, ext, layout, names, labels, out=None, bar=bar, crf=crf)
+            if crf is False:
+                metrics.pop("mask_miou")  # without DenseCRF it is the seed score again
+            return metrics
+        return score
+
+
+# ------------------------------------------------------------------------------ trials
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "study"
+
+
+def make_objective(cfg: Config, args, space: Space, parent_id: str | None, scorer: SeedScorer):
+    from dfa.stages.train import fit, load_trained
+
+    slug = _slug(args.study)
+    crf = None if space.metric == "mask_miou" else False
+
+    def run_trial(trial: optuna.Trial) -> float:
+        values = {k: p.suggest(trial) for k, p in space.params.items()}
+        tags = {"optuna.study": args.study, "optuna.trial": str(trial.number)}
+        try:
+            tcfg = trial_config(args, cfg, space, values, f"checkpoints/search/{slug}/trial_{trial.number}")
+        except ConfigError:
+            # Sampled values the params reject (e.g. out of range): still a visible, FAILED trial run.
+            with stage_run(cfg, f"trial {trial.number}", nested_in=parent_id, extra_tags=tags) as run:
+                run.log_params({f"trial.{k}": v for k, v in values.items()})
+                raise
+        pruned = None
+        with stage_run(tcfg, f"trial {trial.number}", nested_in=parent_id, extra_tags=tags) as run:
+            trial.set_user_attr("mlflow_run_id", run.run_id)
+            run.log_params({f"trial.{k}": v for k, v in values.items()})
+            score = scorer.for_config(tcfg, crf)
+
+            def report(step: int, model) -> None:
+                value = score(model)[space.metric]
+                run.log_metrics({space.metric: value}, step=step)
+                trial.report(value, step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at step {step} ({space.metric} {value:.2f})")
+
+            try:
+                fit(tcfg, run, report)
+            except optuna.TrialPruned as exc:
+                # Leave the stage run before re-raising: a pruned trial is not a failed run.
+                pruned = exc
+                run.set_tags({"optuna.state": "PRUNED"})
+            if pruned is None:
+                metrics = score(load_trained(tcfg, device_of(tcfg)))
+                run.log_metrics(metrics, step=tcfg.train.steps)
+                run.set_tags({"optuna.state": "COMPLETE"})
+        if pruned is not None:
+            trial.set_user_attr("pruned", str(pruned))
+            raise pruned
+        for k, v in metrics.items():
+            trial.set_user_attr(k, v)
+        return metrics[space.metric]
+
+    def objective(trial: optuna.Trial) -> float:
+        try:
+            return run_trial(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            # Optuna (catch=Exception) marks the trial FAILED; the reason must survive in the storage.
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
+            console.print(f"[red]trial {trial.number} failed:[/] " + escape(f"{type(exc).__name__}: {exc}"))
+            raise
+    return objective
+
+
+def open_study(cfg: Config, space: Space, name: str) -> optuna.Study:
+    """Create or load the study; a stale RUNNING trial of a killed process is failed by heartbeat."""
+    url = resolve_uri(cfg.search.storage, repo_root())
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # heartbeats are "experimental" since optuna 2.9 and still work
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    pruner = optuna.pruners.MedianPruner(**{"n_startup_trials": 5, "n_warmup_steps": 0, **space.pruner})
+    study = optuna.create_study(study_name=name, storage=storage, direction=space.direction, pruner=pruner,
+                                load_if_exists=True)
+    if study.direction.name.lower() != space.direction:
+        raise ConfigError(f"study {name!r} exists with direction {study.direction.name.lower()}, "
+                          f"but {space.path} asks for {space.direction}")
+    # Seeded by how far the study got, so a continued study does not replay its first samples.
+    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.trials))
+    previous = study.user_attrs.get("space")
+    if previous and previous != str(space.path):
+        console.print(f"[yellow]study {name!r} was started with space {previous}, now {space.path}[/]")
+    elif not previous:
+        study.set_user_attr("space", str(space.path))
+    return study
+
+
+# ------------------------------------------------------------------------------ summary
+
+def summarize(study: optuna.Study, space: Space, out_dir: Path) -> dict:
+    """``summary.json`` and ``history.png`` under ``out_dir``; returns the summary."""
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name.lower() for t in trials)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    summary: dict[str, Any] = {
+        "study": study.study_name, "space": str(space.path), "metric": space.metric,
+        "direction": space.direction, "trials": len(trials),
+        "counts": {k: counts.get(k, 0) for k in ("complete", "pruned", "fail", "running", "waiting")},
+        "best": None,
+    }
+    summary["counts"]["failed"] = summary["counts"].pop("fail")
+    if complete:
+        best = study.best_trial
+        summary["best"] = {"number": best.number, "value": best.value, "params": best.params}
+    summary["importances"], summary["importances_note"] = importances(study, len(complete))
+    summary["failures"] = {t.number: t.user_attrs.get("error", "") for t in trials if t.state == TrialState.FAIL}
+    write_json(out_dir / "summary.json", summary)
+    plot_history(study, space, out_dir / "history.png")
+    return summary
+
+
+def importances(study: optuna.Study, n_complete: int) -> tuple[dict[str, float] | None, str | None]:
+    if n_complete < 2:
+        return None, f"skipped: parameter importances need at least 2 complete trials, the study has {n_complete}"
+    try:
+        return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}, None
+    except Exception as exc:  # e.g. every complete trial sampled the same values
+        return None, f"skipped: {type(exc).__name__}: {exc}"
+
+
+def plot_history(study: optuna.Study, space: Space, path: Path) -> None:
+    """Objective per trial (pruned at their last report) and the best so far, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    trials = study.get_trials(deepcopy=False)
+    done = [(t.number, t.value) for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [(t.number, t.intermediate_values[t.last_step]) for t in trials
+              if t.state == TrialState.PRUNED and t.last_step is not None]
+    better = max if space.direction == "maximize" else min
+    best, running = [], None
+    for n, v in done:
+        running = v if running is None else better(running, v)
+        best.append((n, running))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if done:
+        ax.scatter(*zip(*done), label="complete", color="tab:blue", zorder=3)
+        ax.step(*zip(*best), where="post", label="best so far", color="tab:red")
+    if pruned:
+        ax.scatter(*zip(*pruned), marker="x", label="pruned (last report)", color="tab:gray")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial")
+    ax.set_ylabel(space.metric)
+    ax.set_title(f"study {study.study_name}: optimisation history", fontsize=10)
+    if done or pruned:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def trials_table(study: optuna.Study, metric: str) -> Table:
+    table = Table(title=f"study {study.study_name}")
+    for col in ("trial", "state", metric, "params", "note"):
+        table.add_column(col)
+    for t in study.get_trials(deepcopy=False):
+        params = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                           for k, v in t.params.items())
+        note = t.user_attrs.get("error") or t.user_attrs.get("pruned") or ""
+        value = "" if t.value is None else f"{t.value:.2f}"
+        table.add_row(str(t.number), t.state.name, value, escape(params), escape(note[:80]))
+    return table
+
+
+# ------------------------------------------------------------------------------ entry point
+
+def search(cfg: Config, args) -> int:
+    space = load_space(args.space, cfg)
+    if args.n_trials < 0:
+        raise ConfigError(f"--n-trials: must be >= 0, got {args.n_trials}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our table says the rest
+    study = open_study(cfg, space, args.study)
+    out_dir = REPORTS / _slug(args.study)
+    scorer = SeedScorer()
+    tags = {"optuna.study": args.study, "search.space": str(space.path)}
+    with stage_run(cfg, "search", extra_tags=tags) as parent:
+        objective = make_objective(cfg, args, space, parent.run_id, scorer)
+        study.optimize(objective, n_trials=args.n_trials, catch=(Exception,))
+        summary = summarize(study, space, out_dir)
+        if summary["best"] is not None:
+            parent.log_metrics({f"best_{space.metric}": summary["best"]["value"]})
+        parent.log_artifact(out_dir / "summary.json", "search")
+        parent.log_artifact(out_dir / "history.png", "search")
+    console.print(trials_table(study, space.metric))
+    c = summary["counts"]
+    best = summary["best"]
+    console.print(f"study {args.study}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed; "
+                  + (f"best trial {best['number']} {space.metric} {best['value']:.2f}" if best else "no complete trial")
+                  + f" → {out_dir}")
+    return 0

@@ -1,0 +1,51 @@
+"""Shared fixtures: a smoke workspace (data, small CLIP, feature cache) built once per session.
+
+Stages run as ``python -m dfa`` subprocesses in a temporary folder, so they see the CLI
+exactly as a user does and never write into the repository. The folder is not a git
+repository, so ``repo_root()`` is that folder (GIT_DIR and DVC_ROOT are removed from the
+environment so nothing points back at the checkout).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GIT_DIR", "GIT_WORK_TREE", "DVC_ROOT", "DFA_PIPELINE_ID")}
+    env["OMP_WAIT_POLICY"] = "PASSIVE"  # two shared cores: spinning OpenMP threads slow everyone
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def run_dfa(workspace: Path, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m dfa <args>`` in ``workspace``; on failure the assertion shows its output."""
+    proc = subprocess.run([sys.executable, "-m", "dfa", *args], cwd=workspace, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"dfa {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture(scope="session")
+def smoke_workspace(tmp_path_factory) -> Path:
+    """A folder with params.yaml and the smoke dataset, small CLIP and feature cache."""
+    ws = tmp_path_factory.mktemp("smoke-workspace")
+    shutil.copy(REPO / "params.yaml", ws / "params.yaml")
+    for stage in ("prepare", "pretrain-clip", "cache"):
+        run_dfa(ws, stage, "--smoke", "-S", "tracking.enabled=false")
+    return ws
+
+
+@pytest.fixture(scope="session")
+def dfa_cli():
+    """``dfa_cli(workspace, *args, check=True)``: run the CLI as a subprocess."""
+    return run_dfa

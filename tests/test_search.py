@@ -1,0 +1,188 @@
+"""``dfa search`` and ``dfa ablation`` on the smoke workspace, with temporary Optuna/MLflow stores."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from dfa.config import ConfigError, load_config
+from dfa.stages import search as search_mod
+
+REPO = Path(__file__).resolve().parents[1]
+SPACES = sorted((REPO / "experiments").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> Path:
+    """One folder for the Optuna and MLflow stores of this module: creating a store takes seconds."""
+    return tmp_path_factory.mktemp("stores")
+
+
+def mlflow_runs(db: Path, flt: str):
+    from mlflow.tracking import MlflowClient
+    c = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    return c.search_runs([c.get_experiment_by_name("dfa").experiment_id], filter_string=flt, max_results=100)
+
+
+# ------------------------------------------------------------------------------ spaces
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])
+def test_shipped_spaces_load_and_their_bounds_are_valid_params(path):
+    cfg = load_config(REPO / "params.yaml")
+    space = search_mod.load_space(path, cfg)
+    args = argparse.Namespace(params=str(REPO / "params.yaml"), overrides=[], smoke=False)
+    # Every corner of the space must be a config the params accept.
+    for pick in (0, -1):
+        values = {k: (p.choices[pick] if p.type == "categorical" else (p.low, p.high)[pick])
+                  for k, p in space.params.items()}
+        tcfg = search_mod.trial_config(args, cfg, space, values, "checkpoints/search/x/trial_0")
+        assert tcfg.train.dir == "checkpoints/search/x/trial_0" and tcfg.train.steps == cfg.search.train_steps
+
+
+def test_frequency_and_ablation_spaces_cover_the_issue():
+    cfg = load_config(None)
+    freq = search_mod.load_space(REPO / "experiments/frequency.yaml", cfg)
+    assert set(freq.params) == {"frequency.ratio", "loss.alpha_momentum", "loss.lambda_align", "loss.lambda_rect",
+                                "ot.lambda_h", "ot.tau", "ot.epsilon"}
+    abl = search_mod.load_space(REPO / "experiments/ablation.yaml", cfg)
+    assert set(abl.params) == {f"ablation.{k}" for k in ("learned_s", "use_inverse", "align", "rectify",
+                                                          "combination")}
+    assert abl.fixed == {"ablation.row": None}
+
+
+@pytest.mark.parametrize("body, key", [
+    ({"params": {"train.stepz": {"type": "int", "low": 1, "high": 2}}}, "params.train.stepz"),
+    ({"params": {"train.steps": {"type": "int", "low": 5, "high": 2}}}, "params.train.steps"),
+    ({"params": {"train.lr": {"type": "float", "low": 0, "high": 1, "log": True}}}, "params.train.lr.low"),
+    ({"params": {"train.lr": {"low": 0.1, "high": 1}}}, "params.train.lr.type"),
+    ({"params": {"train.lr": {"type": "normal", "low": 0.1, "high": 1}}}, "params.train.lr.type"),
+    ({"params": {"ablation.align": {"type": "categorical", "choices": []}}}, "params.ablation.align.choices"),
+    ({"params": {"train.lr": {"type": "float", "low": 0.1, "high": 1, "bins": 3}}}, "params.train.lr.bins"),
+    ({"metric": "accuracy", "params": {"train.lr": {"type": "float", "low": 0.1, "high": 1}}}, "metric"),
+    ({"fixed": {"nope": 1}, "params": {"train.lr": {"type": "float", "low": 0.1, "high": 1}}}, "fixed.nope"),
+    ({"params": {}}, "params"),
+    ({"sampler": "tpe", "params": {}}, "sampler"),
+])
+def test_bad_space_names_the_key(tmp_path, body, key):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(body))
+    with pytest.raises(ConfigError) as err:
+        search_mod.load_space(path, load_config(None))
+    assert f"{path}: {key}" in str(err.value)
+
+
+# ------------------------------------------------------------------------------ the CLI
+
+def test_search_cli_two_trials_then_one_more(smoke_workspace, dfa_cli, stores):
+    storage, mlflow_db = stores / "optuna.db", stores / "mlflow.db"
+    cmd = ["search", "--smoke", "--space", str(REPO / "experiments/frequency.yaml"), "--study", "smoke",
+           "-S", f"search.storage=sqlite:///{storage}", "-S", f"tracking.uri=sqlite:///{mlflow_db}"]
+    dfa_cli(smoke_workspace, *cmd, "--n-trials", "2")
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{storage}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert all(0 <= t.value <= 100 and t.user_attrs["mlflow_run_id"] for t in study.trials)
+
+    (parent,) = mlflow_runs(mlflow_db, "tags.stage = 'search' and tags.`optuna.study` = 'smoke'")
+    trials = mlflow_runs(mlflow_db, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(r.info.run_name for r in trials) == ["trial 0", "trial 1"]
+    for r in trials:
+        assert r.info.status == "FINISHED" and "seed_miou" in r.data.metrics
+        assert r.data.params["trial.frequency.ratio"] == r.data.params["frequency.ratio"]
+        assert r.data.params["train.dir"] == f"checkpoints/search/smoke/trial_{r.data.tags['optuna.trial']}"
+
+    out = smoke_workspace / "reports/search/smoke"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"complete": 2, "pruned": 0, "failed": 0, "running": 0, "waiting": 0}
+    assert summary["best"]["number"] == study.best_trial.number
+    assert summary["best"]["params"] == study.best_trial.params
+    assert (summary["importances"] is None) == (summary["importances_note"] is not None)
+    assert (out / "history.png").read_bytes()[:4] == b"\x89PNG"
+
+    dfa_cli(smoke_workspace, *cmd, "--n-trials", "1")  # continues the study
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{storage}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == 3  # no replayed samples
+    assert len(mlflow_runs(mlflow_db, "tags.stage = 'search' and tags.`optuna.study` = 'smoke'")) == 2
+    assert json.loads((out / "summary.json").read_text())["trials"] == 3
+
+
+def test_ablation_cli_writes_the_table(smoke_workspace, dfa_cli, stores):
+    import pandas as pd
+
+    mlflow_db = stores / "mlflow.db"
+    dfa_cli(smoke_workspace, "ablation", "--smoke", "--rows", "0,4", "-S", f"tracking.uri=sqlite:///{mlflow_db}")
+    df = pd.read_csv(smoke_workspace / "reports/ablation.csv")
+    assert list(df.columns) == ["row", "affinity", "combination", "seed_miou", "mask_miou", "paper_seed_miou",
+                                "dataset", "cam_miou"]
+    assert df["row"].tolist() == [0, 4] and set(df["dataset"]) == {"synthetic"}
+    assert df["paper_seed_miou"].tolist() == [64.8, 79.1]
+    assert df["affinity"].tolist() == ["A_s", "A_la, A_ha"]
+    assert df[["seed_miou", "mask_miou", "cam_miou"]].apply(lambda c: c.between(0, 100)).all().all()
+    md = (smoke_workspace / "reports/ablation.md").read_text()
+    assert "on synthetic" in md and "python -m dfa ablation --smoke --rows 0,4" in md and "git commit" in md
+    assert md.count("| synthetic ") == 2
+    assert (smoke_workspace / "reports/figures/ablation.png").exists()
+    (parent,) = mlflow_runs(mlflow_db, "tags.stage = 'ablation'")
+    rows = mlflow_runs(mlflow_db, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["ablation.row"] for r in rows) == ["0", "4"]
+    assert all("seed_miou" in r.data.metrics for r in rows)
+
+
+def test_bad_rows_is_a_one_line_error(smoke_workspace, dfa_cli):
+    proc = dfa_cli(smoke_workspace, "ablation", "--smoke", "--rows", "0,9", "-S", "tracking.enabled=false",
+                   check=False)
+    assert proc.returncode == 2 and "--rows" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------ in process: failures, pruning
+
+@pytest.fixture()
+def in_workspace(smoke_workspace, monkeypatch):
+    """Run stages in this process, in the smoke workspace (repo_root() = the workspace)."""
+    for var in ("GIT_DIR", "GIT_WORK_TREE", "DVC_ROOT", "DFA_PIPELINE_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(smoke_workspace)
+    return smoke_workspace
+
+
+def run_search(stores: Path, space: dict, n_trials: int, study: str):
+    path = stores / f"{study}.yaml"
+    path.write_text(yaml.safe_dump(space))
+    overrides = [f"search.storage=sqlite:///{stores}/optuna.db", f"tracking.uri=sqlite:///{stores}/mlflow.db"]
+    args = argparse.Namespace(params="params.yaml", overrides=overrides, smoke=True, space=str(path), study=study,
+                              n_trials=n_trials)
+    assert search_mod.search(load_config(args.params, overrides, smoke=True), args) == 0
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{stores}/optuna.db")
+
+
+def test_failed_trial_is_recorded_and_the_study_goes_on(in_workspace, stores):
+    # ratio > 1 is rejected by the params: every trial fails, each with its reason kept.
+    space = {"params": {"frequency.ratio": {"type": "float", "low": 1.5, "high": 2.0}}}
+    study = run_search(stores, space, 2, "fails")
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
+    assert all(t.user_attrs["error"].startswith("ConfigError: frequency.ratio") for t in study.trials)
+    summary = json.loads((in_workspace / "reports/search/fails/summary.json").read_text())
+    assert summary["counts"]["failed"] == 2 and summary["best"] is None
+    assert summary["importances"] is None and "at least 2 complete trials" in summary["importances_note"]
+    assert "frequency.ratio" in summary["failures"]["0"]
+    (parent,) = mlflow_runs(stores / "mlflow.db", "tags.stage = 'search' and tags.`optuna.study` = 'fails'")
+    kids = mlflow_runs(stores / "mlflow.db", f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert [r.info.status for r in kids] == ["FAILED", "FAILED"]
+
+
+def test_pruned_trial(in_workspace, stores, monkeypatch):
+    # A pruner that prunes any score below 1000 shows the report → should_prune → TrialPruned path.
+    monkeypatch.setattr(search_mod.optuna.pruners, "MedianPruner",
+                        lambda **kw: optuna.pruners.ThresholdPruner(lower=1000.0))
+    space = {"params": {"loss.lambda_rect": {"type": "float", "low": 0.1, "high": 0.3}}}
+    study = run_search(stores, space, 1, "pruned")
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [3]
+    assert trial.user_attrs["pruned"].startswith("pruned at step 3")
+    (run,) = mlflow_runs(stores / "mlflow.db", "tags.stage = 'trial 0' and tags.`optuna.study` = 'pruned'")
+    assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "PRUNED"
