@@ -468,15 +468,16 @@ def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | 
             raise ConfigError(f"{p}: not valid YAML ({exc})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
+    parsed = [parse_override(t) for t in overrides]
     if smoke:
         for k, v in SMOKE_OVERRIDES.items():
             set_dotted(raw, k, v)
-        if (raw.get("data") or {}).get("name", "synthetic") == "synthetic":
+        name = dict(parsed).get("data.name", (raw.get("data") or {}).get("name", "synthetic"))
+        if name == "synthetic":
             for k, v in SMOKE_PATHS.items():  # never overwrite the default benchmark's artifacts
                 set_dotted(raw, k, v)
         raw["smoke"] = True
-    for text in overrides:
-        k, v = parse_override(text)
+    for k, v in parsed:
         set_dotted(raw, k, v)
     cfg = build(Config, raw, "")
     cfg.check()

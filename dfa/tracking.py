@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -131,9 +131,32 @@ def stage_run(cfg: Config, stage: str, nested_in: str | None = None, extra_tags:
     Logs the flattened params and the resolved config; the run ends FINISHED, or FAILED
     with the error message if the stage raises.
     """
-    if not cfg.tracking.enabled:
-        yield NullRun()
-        return
+    with _timed(stage) if nested_in is None else nullcontext():
+        if not cfg.tracking.enabled:
+            yield NullRun()
+            return
+        with _mlflow_run(cfg, stage, nested_in, extra_tags) as run:
+            yield run
+
+
+@contextmanager
+def _timed(stage: str) -> Iterator[None]:
+    """Record the stage's wall time and the process's peak RSS in reports/timings/<stage>.json
+    (read by ``dfa bench`` for its ``pipeline`` entry)."""
+    import resource
+    import time
+
+    from dfa.io import write_json
+
+    t0 = time.perf_counter()
+    yield
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    write_json(Path("reports/timings") / f"{stage}.json",
+               {"stage": stage, "wall_s": round(time.perf_counter() - t0, 2), "peak_rss_mib": round(peak_kib / 1024, 1)})
+
+
+@contextmanager
+def _mlflow_run(cfg: Config, stage: str, nested_in: str | None, extra_tags: dict | None) -> Iterator[NullRun]:
     import yaml
     client, exp_id = client_for(cfg)
     tags = {**_tags(cfg), "stage": stage, **(extra_tags or {})}

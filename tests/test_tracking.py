@@ -17,8 +17,10 @@ def store(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def isolated(store, monkeypatch):
-    # repo_root() is DVC_ROOT: artifacts land in the temporary folder, never in the checkout.
+    # repo_root() is DVC_ROOT and the cwd is the temporary folder: artifacts and stage
+    # timings land there, never in the checkout.
     monkeypatch.setenv("DVC_ROOT", str(store))
+    monkeypatch.chdir(store)
     monkeypatch.delenv("DFA_PIPELINE_ID", raising=False)
 
 
@@ -109,6 +111,7 @@ def test_explicit_nesting_and_no_parent_without_pipeline(store):
 
 def test_disabled_tracking_makes_no_store(tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
     cfg = load_config(None, ["tracking.enabled=false", f"tracking.uri=sqlite:///{tmp_path}/off.db"])
     with stage_run(cfg, "train") as run:
         assert isinstance(run, NullRun) and run.run_id is None
@@ -118,4 +121,4 @@ def test_disabled_tracking_makes_no_store(tmp_path, monkeypatch):
     with pytest.raises(ValueError):
         with stage_run(cfg, "train"):
             raise ValueError("not swallowed")
-    assert list(tmp_path.iterdir()) == []
+    assert not list(tmp_path.rglob("*.db")) and not (tmp_path / "mlartifacts").exists()

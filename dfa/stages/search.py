@@ -302,6 +302,7 @@ def importances(study: optuna.Study, n_complete: int) -> tuple[dict[str, float] 
     if n_complete < 2:
         return None, f"skipped: parameter importances need at least 2 complete trials, the study has {n_complete}"
     try:
+        # Optuna's default evaluator (PED-ANOVA since 5.0) needs no scikit-learn.
         return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}, None
     except Exception as exc:  # e.g. every complete trial sampled the same values
         return None, f"skipped: {type(exc).__name__}: {exc}"

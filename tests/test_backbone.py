@@ -1,0 +1,97 @@
+"""The frozen CLIP wrapper: positional-embedding resizing, per-block tokens, attention, S."""
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+
+from dfa.backbone.clip import FrozenCLIP, build_tiny, resize_pos_embed, similarity_maps, tiny_config
+from dfa.backbone.dense import DenseExtractor
+from dfa.data.classes import VOC_SPEC
+
+
+def tiny(similarity="maskclip", last_k=2):
+    cfg = tiny_config(width=32, layers=3, heads=2, patch_size=8, image_size=32, embed_dim=16, pool="avg",
+                      text_width=32, text_layers=1, text_heads=2, context_length=16)
+    tok = open_clip.get_tokenizer("dfa-tiny-vit", context_length=16)
+    return FrozenCLIP(build_tiny(cfg), tok, last_k=last_k, similarity=similarity)
+
+
+def test_resize_pos_embed_identity_and_shape():
+    pos = torch.randn(1 + 4 * 4, 8)
+    assert torch.equal(resize_pos_embed(pos, (4, 4), (4, 4)), pos)
+    out = resize_pos_embed(pos, (4, 4), (6, 10))
+    assert out.shape == (1 + 60, 8)
+    assert torch.equal(out[0], pos[0])  # the class token's embedding is not interpolated
+
+
+def test_resize_pos_embed_constant_stays_constant():
+    pos = torch.ones(1 + 9, 3) * 2.5
+    assert torch.allclose(resize_pos_embed(pos, (3, 3), (7, 5)), torch.full((36, 3), 2.5))
+
+
+def test_resize_pos_embed_linear_ramp_is_interpolated():
+    ramp = torch.arange(4.0).view(1, 4, 1).expand(4, 4, 1).reshape(16, 1)  # varies along x only
+    out = resize_pos_embed(torch.cat([torch.zeros(1, 1), ramp]), (4, 4), (4, 8))[1:].view(4, 8)
+    assert torch.all(out[:, 1:] >= out[:, :-1])          # still monotone along x
+    assert torch.allclose(out[0], out[3])                # and constant along y
+
+
+@pytest.mark.parametrize("similarity", ["maskclip", "surgery", "raw"])
+def test_outputs_shapes_any_grid(similarity):
+    clip = tiny(similarity)
+    f = clip(torch.randn(2, 3, 40, 24))  # 5 x 3 tokens, not the 4 x 4 it was built for
+    assert f.grid == (5, 3)
+    assert f.tokens.shape == (2, 3, 15, 32)    # every block's patch tokens
+    assert f.attn.shape == (2, 2, 15, 15)      # last K blocks, CLS dropped
+    assert f.dense.shape == (2, 15, 16)
+    assert torch.all(f.attn >= 0)
+
+
+def test_attention_rows_sum_below_one_after_dropping_cls():
+    f = tiny()(torch.randn(1, 3, 32, 32))
+    sums = f.attn.sum(-1)
+    assert torch.all(sums <= 1 + 1e-5) and torch.all(sums > 0)
+
+
+def test_block_outputs_match_open_clip_forward():
+    """Our block-by-block pass (explicit attention in the last K blocks) equals open_clip's."""
+    clip = tiny("raw", last_k=3)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = clip.visual.transformer(clip.visual._embeds(x))
+        ours = clip(x).tokens[:, -1]
+    assert torch.allclose(ours, ref[:, 1:], atol=1e-5)
+
+
+def test_similarity_is_minmax_normalised_per_class():
+    dense = torch.randn(2, 10, 16)
+    text = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+    s = similarity_maps(dense, text)
+    assert s.shape == (2, 10, 3)
+    assert torch.allclose(s.amax(1), torch.ones(2, 3)) and torch.allclose(s.amin(1), torch.zeros(2, 3))
+
+
+def test_gradcam_only_for_present_classes():
+    ext = DenseExtractor(tiny("gradcam"), VOC_SPEC, ["a clean origami {}."])
+    present = torch.zeros(1, 20, dtype=torch.bool)
+    present[0, [3, 7]] = True
+    f = ext(torch.randn(1, 3, 32, 32), present)
+    assert f.sim.shape == (1, 16, 20) and f.sim_bg.shape == (1, 16)
+    assert torch.all(f.sim[0, :, ~present[0]] == 0)
+
+
+def test_text_embeddings_with_synonyms_are_normalised():
+    clip = tiny()
+    fg, bg = clip.text_embeddings(VOC_SPEC.classes, VOC_SPEC.synonyms, VOC_SPEC.background, ["a clean origami {}."])
+    assert fg.shape == (20, 16) and bg.shape == (25, 16)
+    assert torch.allclose(fg.norm(dim=-1), torch.ones(20), atol=1e-5)
+
+
+def test_vit_b16_real_architecture_shapes():
+    """The VOC code path: open_clip ViT-B-16 (random weights, no download) at a non-square size."""
+    model = open_clip.create_model("ViT-B-16", pretrained=None)
+    clip = FrozenCLIP(model, open_clip.get_tokenizer("ViT-B-16"), last_k=8)
+    f = clip(torch.randn(1, 3, 160, 128))
+    assert f.grid == (10, 8)
+    assert f.tokens.shape == (1, 12, 80, 768) and f.attn.shape == (1, 8, 80, 80) and f.dense.shape == (1, 80, 512)

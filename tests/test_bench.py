@@ -1,0 +1,88 @@
+"""``dfa bench --smoke``: report structure and solver agreement.
+
+Speedups are NOT asserted: speed targets live in the benchmark's own ``targets`` entry
+(they depend on the machine and its load), never in unit tests.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dfa.config import load_config
+from dfa.stages.bench import bench
+
+REPO = Path(__file__).resolve().parents[1]
+NUM = (int, float)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    ws = tmp_path_factory.mktemp("bench")
+    shutil.copy(REPO / "params.yaml", ws / "params.yaml")
+    timings = ws / "reports" / "timings"
+    timings.mkdir(parents=True)
+    (timings / "train.json").write_text(json.dumps({"stage": "train", "wall_s": 12.5, "peak_rss_mib": 900.0}))
+    (timings / "cache.json").write_text(json.dumps({"stage": "cache", "wall_s": 3.0, "peak_rss_mib": 1200.0}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ws)
+        cfg = load_config("params.yaml", ["tracking.enabled=false"], smoke=True)
+        assert bench(cfg) == 0
+        return json.loads((ws / "reports" / "bench.json").read_text())
+
+
+def test_top_level_keys(report):
+    assert {"sinkhorn", "train_step", "crf", "pipeline", "machine", "gpu", "targets"} <= set(report)
+    assert report["smoke"] is True
+
+
+def test_sinkhorn_entries_and_plan_agreement(report):
+    sk = report["sinkhorn"]
+    for shape in ("400x21", "1600x81"):
+        r = sk[shape]
+        for key in ("ours_ms", "pot_loop_ms", "pot_batch_ms", "speedup", "speedup_vs_loop", "ours_to_tol_ms"):
+            assert isinstance(r[key], NUM) and r[key] > 0, key
+        assert len(r["ours_ms_range"]) == 2 and r["ours_ms_range"][0] <= r["ours_ms"] <= r["ours_ms_range"][1]
+        assert r["speedup"] == pytest.approx(min(r["pot_loop_ms"], r["pot_batch_ms"]) / r["ours_ms"], rel=1e-2)
+        assert r["max_plan_diff"] < 1e-4
+        assert r["max_plan_diff_vs_loop"] < 1e-4
+        assert isinstance(r["ours_iters_to_tol"], int) and 0 < r["ours_iters_to_tol"] <= 1000
+
+
+def test_train_step_entry(report):
+    tr = report["train_step"]
+    assert "smoke" in tr["arch"]
+    assert tr["shapes"]["tokens"][0] == 2 and tr["shapes"]["attn"][1] == tr["last_k"]
+    for key in ("cached_ms", "online_ms", "speedup"):
+        assert isinstance(tr[key], NUM) and tr[key] > 0
+
+
+def test_crf_entry(report):
+    cr = report["crf"]
+    assert cr["identical"] is True
+    assert cr["workers"] == 2
+    for key in ("serial_s", "parallel_s", "speedup"):
+        assert isinstance(cr[key], NUM) and cr[key] > 0
+
+
+def test_pipeline_reads_stage_timings(report):
+    pl = report["pipeline"]
+    assert set(pl["stages"]) == {"train", "cache"}
+    assert pl["total_wall_s"] == pytest.approx(15.5)
+    assert pl["max_peak_rss_mib"] == pytest.approx(1200.0)
+
+
+def test_machine_and_gpu(report):
+    m = report["machine"]
+    assert isinstance(m["cpu_count"], int) and isinstance(m["threads"], int)
+    assert isinstance(m["torch"], str) and isinstance(m["device"], str)
+    g = report["gpu"]
+    assert "skipped" in g or isinstance(g["encoder_images_per_s"], NUM)
+
+
+def test_targets_are_reported_not_enforced(report):
+    for v in report["targets"].values():
+        assert set(v) == {"target", "measured", "met"}
+        assert v["met"] in (True, False, None)

@@ -1,0 +1,113 @@
+"""End to end: every stage through the CLI, on the smoke benchmark and on the VOC code path."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dfa.data.classes import VOC_CLASSES
+
+
+def test_smoke_pipeline_end_to_end(smoke_workspace, dfa_cli, tmp_path):
+    """prepare → pretrain-clip → cache (the fixture) → train → pseudo → evaluate."""
+    ws = tmp_path / "ws"
+    shutil.copytree(smoke_workspace, ws)
+    for stage in ("train", "pseudo", "evaluate"):
+        dfa_cli(ws, stage, "--smoke", "-S", "tracking.enabled=false")
+    pseudo = json.loads((ws / "reports/metrics/pseudo.json").read_text())
+    for key in ("cam_miou", "seed_miou", "mask_miou"):
+        assert 0.0 <= pseudo[key] <= 100.0
+    ev = json.loads((ws / "reports/metrics/eval.json").read_text())
+    assert 0.0 <= ev["seg_miou"] <= 100.0 and 0.0 <= ev["seg_crf_miou"] <= 100.0
+    assert set(ev["per_class_iou"]) >= {"background", "boat"}
+    train = json.loads((ws / "reports/metrics/train.json").read_text())
+    assert train["final_step"] == 12 and len(train["state_digest"]) == 64
+    for png in ("reports/figures/pseudo_grid.png", "reports/figures/eval_grid.png"):
+        assert Image.open(ws / png).size[0] > 100
+    assert len(list((ws / "outputs/pseudo/mask").glob("*.png"))) == pseudo["images"]
+    # A second `dfa pseudo` reads the finished masks back instead of recomputing them.
+    before = {p: p.stat().st_mtime_ns for p in (ws / "outputs/pseudo/mask").glob("*.png")}
+    dfa_cli(ws, "pseudo", "--smoke", "-S", "tracking.enabled=false")
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert json.loads((ws / "reports/metrics/pseudo.json").read_text())["seed_miou"] == pseudo["seed_miou"]
+
+
+def test_cached_and_online_features_agree(smoke_workspace, monkeypatch):
+    """The cache stores what the frozen encoder gives for the same view (fp16 round-off)."""
+    monkeypatch.chdir(smoke_workspace)
+    from dfa.config import load_config
+    from dfa.data.io import read_image
+    from dfa.features_cache import CachedViews
+    from dfa.stages.common import class_spec, layout_of
+    from dfa.stages.views import extractor, normalise, square_view
+
+    cfg = load_config("params.yaml", ["tracking.enabled=false"], smoke=True)
+    views = CachedViews(cfg.cache.dir)
+    ext = extractor(cfg, class_spec(cfg), "cpu")
+    layout = layout_of(cfg)
+    for name, flip in ((views.names[0], False), (views.names[3], True)):
+        cached = views.batch([views.view_index(name, int(flip))])
+        view = square_view(read_image(layout.image_path(name)), cfg.data.crop_size, flip)
+        assert np.array_equal(cached["image"][0].numpy(), view)
+        online = ext(normalise(view[None], cfg))
+        for key, tol in (("tokens", 2e-2), ("attn", 1e-3), ("sim", 2e-3), ("sim_bg", 2e-3)):
+            a, b = cached[key].float(), getattr(online, key)
+            assert a.shape == b.shape, key
+            assert torch.allclose(a, b, atol=tol, rtol=1e-2), (key, (a - b).abs().max())
+
+
+def _voc_tree(root: Path, n: int = 5) -> None:
+    """A tiny PASCAL-VOC-layout tree: 21 classes, non-square images, labels in the npy."""
+    rng = np.random.default_rng(0)
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClassAug").mkdir()
+    (root / "ImageSets/Segmentation").mkdir(parents=True)
+    labels, names = {}, []
+    for i in range(n):
+        name = f"2007_{i:06d}"
+        h, w = 180 + 20 * i, 240 - 10 * i
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        mask = np.zeros((h, w), np.uint8)
+        cls = 1 + (5 * i) % 20
+        mask[h // 4: 3 * h // 4, w // 3: 2 * w // 3] = cls
+        img[mask > 0] = (200, 40, 40)
+        Image.fromarray(img).save(root / "JPEGImages" / f"{name}.jpg")
+        pal = Image.fromarray(mask, mode="L")
+        pal.save(root / "SegmentationClassAug" / f"{name}.png")
+        vec = np.zeros(20, np.float32)
+        vec[cls - 1] = 1
+        labels[name] = vec
+        names.append(name)
+    for split, items in (("train_aug", names[:3]), ("train", names[:2]), ("val", names[3:])):
+        (root / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(items) + "\n")
+    np.save(root / "cls_labels_onehot.npy", labels, allow_pickle=True)
+
+
+@pytest.mark.slow
+def test_vit_b16_voc_code_path(dfa_cli, tmp_path):
+    """cache → train (a few steps) → pseudo → evaluate with open_clip ViT-B-16 (random weights)
+    at 320 crop on a few VOC-layout images with 21 classes: the real-scale path, no download."""
+    from tests.conftest import REPO
+
+    ws = tmp_path / "voc"
+    ws.mkdir()
+    shutil.copy(REPO / "params.yaml", ws / "params.yaml")
+    _voc_tree(ws / "VOC2012")
+    overrides = ["tracking.enabled=false", "data.name=voc", "data.root=VOC2012", "clip.model=ViT-B-16",
+                 "clip.pretrained=null", "clip.checkpoint=null", "clip.last_k=8", "data.crop_size=320",
+                 "clip.templates=['a clean origami {}.']", "train.steps=3", "train.batch_size=2",
+                 "train.warmup=1", "eval.scales=[1.0]", "eval.workers=1", "refine.par_iters=3",
+                 "cache.dir=cache/voc", "train.dir=checkpoints/voc"]
+    args = [a for o in overrides for a in ("-S", o)]
+    for stage in ("prepare", "pretrain-clip", "cache", "train", "pseudo", "evaluate"):
+        dfa_cli(ws, stage, *args, timeout=900)
+    index = json.loads((ws / "cache/voc/index.json").read_text())
+    assert index["meta"]["grid"] == [20, 20] and len(index["meta"]["classes"]) == len(VOC_CLASSES) == 20
+    ev = json.loads((ws / "reports/metrics/eval.json").read_text())
+    assert ev["dataset"] == "voc" and len(ev["per_class_iou"]) == 21
+    assert json.loads((ws / "reports/metrics/pseudo.json").read_text())["images"] == 2
