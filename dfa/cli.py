@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, WorkbenchError) as exc:
         print(f"dfa {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"dfa {args.command}: interrupted", file=sys.stderr)
+    except OSError as exc:  # a read-only folder, a full disk: name the file, keep the rest intact
+        print(f"dfa {args.command}: error: {exc.strerror or exc} ({exc.filename or 'no file name'})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        detail = f": {exc}" if str(exc) else ""
+        print(f"dfa {args.command}: interrupted{detail}", file=sys.stderr)
         return 130

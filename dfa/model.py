@@ -147,8 +147,17 @@ class DFA(nn.Module):
         fg = fg.transpose(1, 2).reshape(fg.shape[0], -1, gh, gw)
         fg = F.interpolate(fg, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
         seed = cams_to_label(fg, present, cfg.refine.bg_power, bg)
-        scores = self.par(image, seed) if cfg.refine.par_iters > 0 else seed
-        scores = scores.masked_fill(~torch.cat([torch.ones_like(present[:, :1]), present], 1)[:, :, None, None], -1)
+        keep = torch.cat([torch.ones_like(present[:, :1]), present], 1)  # (B, 1 + C): bg + present
+        if cfg.refine.par_iters > 0:
+            # PAR is per channel and absent classes are masked below: refine only bg + present
+            # (same result; 4x less work on VOC, where an image has 1-3 of 20 classes).
+            scores = torch.full_like(seed, -1.0)
+            for i in range(seed.shape[0]):
+                idx = keep[i].nonzero()[:, 0]
+                scores[i, idx] = self.par(image[i:i + 1], seed[i:i + 1, idx])[0]
+        else:
+            scores = seed
+        scores = scores.masked_fill(~keep[:, :, None, None], -1)
         return Refined(scores=scores, labels=scores.argmax(1), seed_scores=seed)
 
     @staticmethod

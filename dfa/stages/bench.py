@@ -97,6 +97,7 @@ def ot_problems(batch: int, n: int, c: int, seed: int = 0) -> tuple[torch.Tensor
     ~ Dirichlet(0.5): non-uniform marginals need 2–3× the iterations of uniform ones.
     """
     g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     sim = 0.2 + 0.02 * torch.randn(batch, n, c, generator=g)
     for i in range(batch):
         classes = torch.randperm(c, generator=g)[:3]
@@ -105,8 +106,8 @@ def ot_problems(batch: int, n: int, c: int, seed: int = 0) -> tuple[torch.Tensor
     lo, hi = cost.amin((1, 2), keepdim=True), cost.amax((1, 2), keepdim=True)
     cost = (cost - lo) / (hi - lo)
     a = torch.full((batch, n), 1.0 / n)
-    b = torch._sample_dirichlet(torch.full((batch, c), 0.5, dtype=torch.float64), generator=g)
-    b = (b / b.sum(-1, keepdim=True)).float()
+    b = torch.from_numpy(rng.dirichlet(np.full(c, 0.5), size=batch)).float()
+    b = b / b.sum(-1, keepdim=True)
     return cost, a, b
 
 
@@ -155,6 +156,8 @@ def bench_sinkhorn(smoke: bool, epsilon: float, tol: float) -> dict:
             "speedup_vs_batch": ratio(pot_batch, ours),
             "speedup_vs_loop": ratio(pot_loop_ms, ours),
             "max_plan_diff": float((plans["ours"] - plans["pot_batch"]).abs().max()),
+            # Plan entries are ~1/(N·C), so also give the difference relative to the largest entry.
+            "max_plan_rel_diff": float((plans["ours"] - plans["pot_batch"]).abs().max() / plans["pot_batch"].max()),
             "max_plan_diff_vs_loop": float((plans["ours"].double() - loop_plan).abs().max()),
             "ours_iters_to_tol": int(info["iters"]), "tol": tol,
             "ours_to_tol_ms": med(to_tol["t"]), "ours_to_tol_ms_range": span(to_tol["t"]),
@@ -295,6 +298,7 @@ def bench_crf(cfg: Config, smoke: bool) -> dict:
     workers = 2
     n, size, repeats = (4, 64, 1) if smoke else (8, 320, 3)
     items = crf_items(n, size)
+    tiny = crf_items(2, 8, seed=1)  # a pool run with ~no work: its time is the pool start-up
     p = cfg.eval.crf
     params = dict(iters=p.iters, gauss_sxy=p.gauss_sxy, gauss_compat=p.gauss_compat, bilateral_sxy=p.bilateral_sxy,
                   bilateral_srgb=p.bilateral_srgb, bilateral_compat=p.bilateral_compat)
@@ -303,14 +307,18 @@ def bench_crf(cfg: Config, smoke: bool) -> dict:
     race({"s": lambda: crf_labels(items[:2], workers=1, **params),
           "p": lambda: crf_labels(items[:2], workers=workers, **params)}, 0)
     times, out = race({"serial": lambda: crf_labels(items, workers=1, **params),
-                       "parallel": lambda: crf_labels(items, workers=workers, **params)}, repeats, warmup=0)
-    serial_s, parallel_s = med(times["serial"], 1), med(times["parallel"], 1)
+                       "parallel": lambda: crf_labels(items, workers=workers, **params),
+                       "startup": lambda: crf_labels(tiny, workers=workers, **params)}, repeats, warmup=0)
+    serial_s, parallel_s, startup_s = (med(times[k], 1) for k in ("serial", "parallel", "startup"))
     return {"images": n, "size": [size, size], "params": params, "workers": workers, "repeats": repeats,
             "serial_s": serial_s, "serial_s_range": span(times["serial"], 1),
             "parallel_s": parallel_s, "parallel_s_range": span(times["parallel"], 1),
             "speedup": ratio(serial_s, parallel_s),
+            "pool_startup_s": startup_s, "pool_startup_s_range": span(times["startup"], 1),
+            "speedup_excl_startup": ratio(serial_s, parallel_s - startup_s),
             "identical": all(np.array_equal(s, q) for s, q in zip(out["serial"], out["parallel"])),
-            "note": f"parallel time includes starting the {workers}-process spawn pool (paid on every call)"}
+            "note": f"parallel_s includes starting the {workers}-process spawn pool, paid on every "
+                    "crf_labels call; pool_startup_s = the same call on 2 images of 8x8 px"}
 
 
 # --------------------------------------------------------------------------- pipeline, machine
@@ -398,7 +406,11 @@ def bench_gpu(cfg: Config, smoke: bool, device: torch.device) -> dict:
 
 # --------------------------------------------------------------------------- entry point
 def check_targets(res: dict) -> dict:
-    """Each acceptance target vs this run (the worst shape for Sinkhorn)."""
+    """Each acceptance target vs this run (the worst shape for Sinkhorn).
+
+    With ``--smoke`` the sizes are far below the targets' (tiny ViT, 64 px CRF), so
+    ``met`` is null: the smoke run checks that the benchmark works, not the speed.
+    """
     def get(key):
         head, tail = key.split(".")
         if head == "sinkhorn":
@@ -408,7 +420,8 @@ def check_targets(res: dict) -> dict:
     out = {}
     for key, target in TARGETS.items():
         val = get(key)
-        out[key] = {"target": target, "measured": val, "met": None if val is None else bool(val >= target)}
+        met = None if val is None or res["smoke"] else bool(val >= target)
+        out[key] = {"target": target, "measured": val, "met": met}
     return out
 
 
@@ -438,6 +451,8 @@ def print_table(res: dict) -> None:
               cell(cr["parallel_s"], cr["parallel_s_range"], "s"),
               f"serial {cell(cr['serial_s'], cr['serial_s_range'], 's')}",
               f"{cr['speedup']}× (identical={cr['identical']})")
+    t.add_row("", escape(f"pool start-up {cr['pool_startup_s']:g} s [{cr['pool_startup_s_range'][0]:g}–"
+                         f"{cr['pool_startup_s_range'][1]:g}]"), "", f"{cr['speedup_excl_startup']}× excl. start-up")
     pl = res["pipeline"]
     t.add_row("pipeline total", f"{pl['total_wall_s']} s" if pl["stages"] else "—",
               f"max RSS {pl['max_peak_rss_mib']} MiB" if pl["stages"] else pl["note"], "")

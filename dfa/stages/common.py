@@ -72,6 +72,7 @@ def layout_of(cfg: Config) -> Layout:
 
 
 def class_spec(cfg: Config) -> ClassSpec:
+    layout_of(cfg)  # a missing dataset folder is named as such, not as a missing classes.json
     try:
         return spec_for(cfg.data.name, cfg.data.root)
     except (ValueError, DataError) as exc:

@@ -8,6 +8,7 @@ spread over ``eval.workers`` spawn processes. Writes ``reports/metrics/eval.json
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dfa.config import Config
-from dfa.crf import crf_labels
+from dfa.crf import crf_labels, crf_pool
 from dfa.data.io import read_image, read_mask
 from dfa.io import write_json, write_text
 from dfa.metrics import confusion_matrix, miou
@@ -62,7 +63,8 @@ def evaluate(cfg: Config, args=None) -> int:
     n_cls = spec.num_classes
     conf = {k: torch.zeros(n_cls, n_cls, dtype=torch.int64) for k in ("seg", "seg_crf")}
     rows = []
-    with stage_run(cfg, "evaluate") as run, progress() as bar:
+    pool = crf_pool(cfg.eval.workers) if cfg.eval.crf.enabled else None
+    with stage_run(cfg, "evaluate") as run, progress() as bar, (pool or nullcontext()):
         task = bar.add_task("evaluate (multi-scale + flip)", total=len(names), info="")
         chunk = max(2, 4 * cfg.eval.workers)
         for i in range(0, len(names), chunk):
@@ -73,7 +75,7 @@ def evaluate(cfg: Config, args=None) -> int:
             probs = [segment_probs(cfg, model, ext, im, device) for im in images]
             preds = [p.argmax(0).numpy() for p in probs]
             crf = (crf_labels([(im, p.numpy()) for im, p in zip(images, probs)], workers=cfg.eval.workers,
-                              **crf_params(cfg)) if cfg.eval.crf.enabled else preds)
+                              pool=pool, **crf_params(cfg)) if cfg.eval.crf.enabled else preds)
             for p, c, g in zip(preds, crf, gts):
                 gt = torch.from_numpy(g.astype(np.int64))
                 conf["seg"] += confusion_matrix(torch.from_numpy(p), gt, n_cls)

@@ -14,6 +14,7 @@ one accumulated confusion matrix each. Seed and mask PNGs are written (atomicall
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from dfa.config import Config
-from dfa.crf import crf_labels
+from dfa.crf import crf_labels, crf_pool
 from dfa.data.dataset import load_labels
 from dfa.data.io import read_image, read_mask, write_mask
 from dfa.features_cache import file_digest, fingerprint
@@ -61,30 +62,37 @@ def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict,
     conf = {k: torch.zeros(n_cls, n_cls, dtype=torch.int64) for k in ("cam", "seed", "mask")}
     grid_rows: list = []
     task = bar.add_task("seeds and pseudo masks", total=len(names), info="") if bar is not None else None
-    for i in range(0, len(names), 16):
-        sub = names[i:i + 16]
-        with data_errors():
-            raw = [read_image(layout.image_path(n)) for n in sub]
-            gts = [read_mask(layout.mask_path(n)) for n in sub]
-        if out is not None and all((out / k / f"{n}.png").exists() for n in sub for k in conf):
-            preds = {k: [read_mask(out / k / f"{n}.png") for n in sub] for k in conf}
-        else:
-            preds = predict(cfg, model, ext, raw, [labels[n] for n in sub], cfg.data.crop_size, ext.device, crf)
-            if out is not None:
-                for k, maps in preds.items():
-                    for n, m in zip(sub, maps):
-                        write_mask(out / k / f"{n}.png", m.astype(np.uint8))
-        for k in conf:
-            for p, g in zip(preds[k], gts):
-                conf[k] += confusion_matrix(torch.from_numpy(p.astype(np.int64)),
-                                            torch.from_numpy(g.astype(np.int64)), n_cls)
-        for j in range(min(len(sub), cfg.eval.grid_images - len(grid_rows))):
-            grid_rows.append([raw[j], gts[j], preds["cam"][j], preds["seed"][j], preds["mask"][j]])
-        if bar is not None:
-            bar.update(task, advance=len(sub))
+    use_crf = cfg.eval.crf.enabled if crf is None else crf
+    with (crf_pool(cfg.eval.workers) if use_crf else None) or nullcontext() as pool:
+        for i in range(0, len(names), 16):
+            _score_chunk(cfg, model, ext, layout, names[i:i + 16], labels, out, use_crf, pool, conf, grid_rows)
+            if bar is not None:
+                bar.update(task, advance=len(names[i:i + 16]))
     scores = {k: miou(c) for k, c in conf.items()}
     metrics = {f"{k}_miou": 100 * v[0] for k, v in scores.items()}
     return metrics, {k: v[1] for k, v in scores.items()}, grid_rows
+
+
+def _score_chunk(cfg, model, ext, layout, sub, labels, out, use_crf, pool, conf, grid_rows) -> None:
+    """Predict (or read back) one chunk of images and add it to the confusion matrices."""
+    with data_errors():
+        raw = [read_image(layout.image_path(n)) for n in sub]
+        gts = [read_mask(layout.mask_path(n)) for n in sub]
+    if out is not None and all((out / k / f"{n}.png").exists() for n in sub for k in conf):
+        preds = {k: [read_mask(out / k / f"{n}.png") for n in sub] for k in conf}
+    else:
+        preds = predict(cfg, model, ext, raw, [labels[n] for n in sub], cfg.data.crop_size, ext.device,
+                        use_crf, pool)
+        if out is not None:
+            for k, maps in preds.items():
+                for n, m in zip(sub, maps):
+                    write_mask(out / k / f"{n}.png", m.astype(np.uint8))
+    for k in conf:
+        for p, g in zip(preds[k], gts):
+            conf[k] += confusion_matrix(torch.from_numpy(p.astype(np.int64)),
+                                        torch.from_numpy(g.astype(np.int64)), len(conf["cam"]))
+    for j in range(min(len(sub), cfg.eval.grid_images - len(grid_rows))):
+        grid_rows.append([raw[j], gts[j], preds["cam"][j], preds["seed"][j], preds["mask"][j]])
 
 
 def pseudo(cfg: Config, args=None) -> int:
@@ -121,7 +129,7 @@ def pseudo(cfg: Config, args=None) -> int:
 
 @torch.no_grad()
 def predict(cfg: Config, model, ext, raw: list[np.ndarray], labels: list[np.ndarray], crop: int,
-            device, crf: bool | None = None) -> dict[str, list[np.ndarray]]:
+            device, crf: bool | None = None, pool=None) -> dict[str, list[np.ndarray]]:
     """Label maps (cam, seed, mask) at each image's own size."""
     views = np.stack([square_view(im, crop) for im in raw])
     image = normalise(views, cfg).to(device)
@@ -142,7 +150,7 @@ def predict(cfg: Config, model, ext, raw: list[np.ndarray], labels: list[np.ndar
         out["seed"].append(seed.argmax(0).numpy())
         crf_items.append((im, to_probs(seed)))
     if (cfg.eval.crf.enabled if crf is None else crf):
-        out["mask"] = crf_labels(crf_items, workers=cfg.eval.workers, **crf_params(cfg))
+        out["mask"] = crf_labels(crf_items, workers=cfg.eval.workers, pool=pool, **crf_params(cfg))
     else:
         out["mask"] = list(out["seed"])
     return out

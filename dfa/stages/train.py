@@ -130,6 +130,9 @@ def train_step(model: DFA, batch: dict, device: torch.device) -> dict[str, torch
     image = batch["image"].to(device)
     size = tuple(image.shape[-2:])
     aff = model.affinities(batch["attn"].to(device), grid)
+    for name, t in (("affinity A_s", aff.s), ("affinity A_inv", aff.inv)):
+        if t is not None and not torch.isfinite(t).all():  # the OT solver would reject it anyway
+            return {name: t.sum()}
     refined = model.refine(aff, batch["sim"].to(device), batch["sim_bg"].to(device),
                            batch["present"].to(device), image, size)
     return model.losses(batch["tokens"].to(device), aff, refined.labels, grid, size)
@@ -167,6 +170,16 @@ def fit(cfg: Config, run, callback=None) -> dict:
         else:
             console.print(f"{resume_path}: made with other params; starting afresh")
 
+    def keep_last_good(step: int) -> str:
+        """Save the current state if its weights are finite, else keep the last checkpoint."""
+        if all(torch.isfinite(p).all() for p in model.parameters()):
+            save_resume(step)
+            return f"last good state saved to {resume_path} (step {step})"
+        if resume_path.exists():
+            last = torch.load(resume_path, map_location="cpu", weights_only=False)["step"]
+            return f"weights are no longer finite; last good state is {resume_path} (step {last})"
+        return "weights are no longer finite and no checkpoint was written yet"
+
     def save_resume(step: int) -> None:
         save_torch(resume_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                  "scheduler": sched.state_dict(), "rng": rng_state(batches), "step": step,
@@ -187,9 +200,8 @@ def fit(cfg: Config, run, callback=None) -> dict:
                 losses = train_step(model, batch, device)
                 bad = [k for k, v in losses.items() if not torch.isfinite(v)]
                 if bad:
-                    save_resume(step)
                     raise NumericalError(f"non-finite loss at step {step}: term '{bad[0]}' = "
-                                         f"{float(losses[bad[0]])}; last good state saved to {resume_path}")
+                                         f"{float(losses[bad[0]])}; {keep_last_good(step)}")
                 opt.zero_grad(set_to_none=True)
                 losses["total"].backward()
                 opt.step()

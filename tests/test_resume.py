@@ -1,0 +1,81 @@
+"""Exact resume (issue 6): an interrupted `dfa train` ends bit-identical to an uninterrupted one."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import cli_env
+
+STEPS = ["-S", "train.steps=40", "-S", "train.checkpoint_interval=5", "-S", "tracking.enabled=false"]
+
+
+def _train(ws: Path, run_dir: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dfa", "train", "--smoke", *STEPS, "-S", f"train.dir={run_dir}"],
+                            cwd=ws, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _digest(ws: Path) -> str:
+    return json.loads((ws / "reports/metrics/train.json").read_text())["state_digest"]
+
+
+def _wait_for_checkpoint(ws: Path, run_dir: str, proc: subprocess.Popen, min_step: int) -> int:
+    """Block until the resume checkpoint holds at least ``min_step`` steps; return its step."""
+    path = ws / f"{run_dir}-resume" / "last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        assert proc.poll() is None, f"training ended before it could be interrupted:\n{proc.communicate()}"
+        try:
+            step = torch.load(path, map_location="cpu", weights_only=False)["step"]
+            if step >= min_step:
+                return step
+        except (FileNotFoundError, EOFError, RuntimeError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.fixture(scope="module")
+def reference(smoke_workspace, tmp_path_factory):
+    ws = tmp_path_factory.mktemp("resume-ref")
+    shutil.copytree(smoke_workspace, ws, dirs_exist_ok=True)
+    proc = _train(ws, "checkpoints/uninterrupted")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return _digest(ws)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_interrupted_training_resumes_bit_identical(smoke_workspace, tmp_path, reference, sig):
+    ws = tmp_path / "ws"
+    shutil.copytree(smoke_workspace, ws)
+    proc = _train(ws, "checkpoints/run")
+    step = _wait_for_checkpoint(ws, "checkpoints/run", proc, min_step=10)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, "an interrupted run must not report success"
+    if sig != signal.SIGKILL:  # a catchable signal saves the state at the step it stopped
+        assert "re-run the same command to resume" in err, err
+        assert not (ws / "checkpoints/run/model.pt").exists()
+    resumed = _train(ws, "checkpoints/run")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert "resuming training from step" in err
+    assert int(err.split("resuming training from step ")[1].split()[0]) >= step
+    assert json.loads((ws / "reports/metrics/train.json").read_text())["final_step"] == 40
+    assert _digest(ws) == reference
+
+
+def test_changed_params_do_not_resume_from_a_foreign_checkpoint(smoke_workspace, tmp_path, dfa_cli):
+    ws = tmp_path / "ws"
+    shutil.copytree(smoke_workspace, ws)
+    dfa_cli(ws, "train", "--smoke", "-S", "tracking.enabled=false")
+    proc = dfa_cli(ws, "train", "--smoke", "-S", "tracking.enabled=false", "-S", "loss.lambda_rect=0.5")
+    assert "made with other params; starting afresh" in proc.stderr
