@@ -355,3 +355,12 @@ def test_eval_transform_keeps_mask_size():
     assert img.shape == (3, 16, 24) and raw.shape == (16, 24, 3) and m.shape == (25, 35)
     img, m, raw = EvalTransform()(image, None)
     assert img.shape == (3, 25, 35) and m is None
+
+
+def test_checker_reports_image_without_foreground_label(syn_copy):
+    labels = np.load(syn_copy / "cls_labels_onehot.npy", allow_pickle=True).item()
+    name = sorted(labels)[0]
+    labels[name] = np.zeros_like(labels[name])
+    np.save(syn_copy / "cls_labels_onehot.npy", labels, allow_pickle=True)
+    problems = check_tree(Layout(syn_copy, "synthetic"), 9)
+    assert any("no foreground class" in p and name in p for p in problems)

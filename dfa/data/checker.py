@@ -58,6 +58,10 @@ def _check_image(layout: Layout, name: str, num_classes: int, labels: dict | Non
     if label.shape[0] != num_classes - 1:
         problems.append(f"{lp}: label of {name} has length {label.shape[0]}, expected {num_classes - 1}")
         return problems
+    if not (label > 0.5).any():
+        # WSSS learns from image-level labels: an image without a foreground class teaches
+        # nothing and breaks per-image class normalisation (COCO lists drop such images).
+        problems.append(f"{lp}: label of {name} has no foreground class (image {img_path})")
     if mask is not None:
         in_mask = {v for v in present if 0 < v < num_classes}
         in_label = {i + 1 for i in np.flatnonzero(label > 0.5).tolist()}
