@@ -39,9 +39,11 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    """Dataset and views (method.md §6, §8). ``name``: synthetic | voc | coco | custom."""
+    """Dataset and views (method.md §6, §8). ``name``: synthetic | voc | coco | custom.
+    ``download``: for voc, fetch VOC 2012 + SBD and build ``root`` if it lacks the layout (needs internet)."""
     name: str = "synthetic"
     root: str = "data/synthetic"
+    download: bool = False
     train_split: str = "train_aug"
     seed_split: str = "train"
     eval_split: str = "val"

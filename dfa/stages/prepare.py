@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from dfa.config import Config
-from dfa.data import checker, synthetic
+from dfa.data import checker, download, synthetic
 from dfa.data.layout import Layout
 from dfa.errors import WorkbenchError
 from dfa.io import write_json
-from dfa.stages.common import console, progress
+from dfa.stages.common import console, data_errors, progress
 from dfa.tracking import stage_run
 
 METRICS = Path("reports/metrics/data.json")
@@ -31,6 +31,13 @@ def prepare(cfg: Config, args=None) -> int:
                                    num_val=s.num_val, num_pretrain=s.num_pretrain,
                                    size_range=tuple(s.size_range),
                                    progress=lambda n: bar.update(task, advance=n))
+        elif cfg.data.name == "voc" and cfg.data.download and not download.voc_ready(root):
+            with progress() as bar, data_errors():
+                task = bar.add_task("download VOC 2012 + SBD", total=None, info="MiB")
+                download.prepare_voc(
+                    root, status=lambda text: bar.update(task, description=text),
+                    progress=lambda done, total: bar.update(task, completed=done >> 20,
+                                                            total=None if total is None else total >> 20))
         elif not root.exists():
             raise WorkbenchError(f"{root}: dataset folder not found (data.root). Lay out {cfg.data.name} as "
                                  f"described in README.md (VOCdevkit/VOC2012 style) and point data.root at it")
