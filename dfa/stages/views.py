@@ -22,7 +22,9 @@ def square_view(image: np.ndarray, size: int, flip: bool = False) -> np.ndarray:
 
 def normalise(images: np.ndarray | torch.Tensor, cfg: Config) -> torch.Tensor:
     """uint8 (B, H, W, 3) → float (B, 3, H, W) with the configured mean/std."""
-    x = torch.as_tensor(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float()  # copies read-only memmaps
+    if not isinstance(images, torch.Tensor):
+        images = torch.from_numpy(np.array(images, dtype=np.uint8))  # copies read-only memmaps
+    x = images.permute(0, 3, 1, 2).float()
     mean = torch.tensor(cfg.data.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.data.std, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
