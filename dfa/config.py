@@ -248,6 +248,7 @@ class TrainConfig:
     checkpoint_interval: int = 250
     log_interval: int = 10
     dir: str = "checkpoints/dfa"
+    compile: bool = False  # torch.compile the decoder (nn.Module.compile keeps state_dict keys)
 
     def check(self) -> None:
         _positive("train.steps", self.steps)

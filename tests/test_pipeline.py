@@ -111,3 +111,14 @@ def test_vit_b16_voc_code_path(dfa_cli, tmp_path):
     ev = json.loads((ws / "reports/metrics/eval.json").read_text())
     assert ev["dataset"] == "voc" and len(ev["per_class_iou"]) == 21
     assert json.loads((ws / "reports/metrics/pseudo.json").read_text())["images"] == 2
+
+
+@pytest.mark.slow
+def test_train_with_torch_compile(smoke_workspace, dfa_cli, tmp_path):
+    """`train.compile=true` compiles the decoder in place; the checkpoint keeps plain keys."""
+    ws = tmp_path / "ws"
+    shutil.copytree(smoke_workspace, ws)
+    dfa_cli(ws, "train", "--smoke", "-S", "tracking.enabled=false", "-S", "train.compile=true", timeout=900)
+    state = torch.load(ws / "checkpoints/dfa-smoke/model.pt", weights_only=False)["model"]
+    assert not any("_orig_mod" in k for k in state)
+    dfa_cli(ws, "pseudo", "--smoke", "-S", "tracking.enabled=false")

@@ -152,6 +152,8 @@ def fit(cfg: Config, run, callback=None) -> dict:
     batches = Batches(cfg, device)
     first = batches.next()
     model = build_model(cfg, first, spec.num_classes).to(device)
+    if cfg.train.compile:
+        model.decoder.compile()
     opt = torch.optim.AdamW(model.trainable_groups(), weight_decay=cfg.train.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     batches.gen.manual_seed(cfg.seed)  # the probe batch above must not shift the data order
