@@ -79,3 +79,35 @@ def test_changed_params_do_not_resume_from_a_foreign_checkpoint(smoke_workspace,
     dfa_cli(ws, "train", "--smoke", "-S", "tracking.enabled=false")
     proc = dfa_cli(ws, "train", "--smoke", "-S", "tracking.enabled=false", "-S", "loss.lambda_rect=0.5")
     assert "made with other params; starting afresh" in proc.stderr
+
+
+def test_cache_resumes_at_the_first_missing_shard(smoke_workspace, tmp_path, dfa_cli):
+    """A killed `dfa cache` keeps its finished shards and the re-run only adds the rest."""
+    ws = tmp_path / "ws"
+    shutil.copytree(smoke_workspace, ws)
+    args = ["cache", "--smoke", "-S", "tracking.enabled=false", "-S", "cache.shard_size=4", "-S", "cache.dir=cache/resumed"]
+    proc = subprocess.Popen([sys.executable, "-m", "dfa", *args], cwd=ws, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    index = ws / "cache/resumed/index.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            if len(json.loads(index.read_text())["shards"]) >= 2:
+                break
+        except (FileNotFoundError, ValueError):
+            pass
+        assert proc.poll() is None, "cache finished before it could be interrupted"
+        time.sleep(0.02)
+    proc.kill()
+    proc.communicate()
+    done = json.loads(index.read_text())
+    assert not done["complete"]
+    first = {s["dir"]: (ws / "cache/resumed" / s["dir"] / "tokens.npy").stat().st_mtime_ns for s in done["shards"]}
+    dfa_cli(ws, *args)
+    final = json.loads(index.read_text())
+    assert final["complete"] and sum(len(s["names"]) for s in final["shards"]) == 48
+    for d, mtime in first.items():  # finished shards were kept, not rewritten
+        assert (ws / "cache/resumed" / d / "tokens.npy").stat().st_mtime_ns == mtime
+    reference = json.loads((ws / "cache/features-smoke/index.json").read_text())
+    assert final["fingerprint"] != "" and [n for s in final["shards"] for n in s["names"]] == \
+        [n for s in reference["shards"] for n in s["names"]]
