@@ -42,6 +42,7 @@ from dfa.tracking import stage_run
 
 OUT = Path("reports/bench.json")
 TIMINGS = Path("reports/timings")
+DVC_STAGES = ("prepare", "pretrain_clip", "cache_features", "train", "pseudo_labels", "evaluate")
 
 # Acceptance targets (issue): speed targets live here, never in unit tests.
 TARGETS = {"sinkhorn.speedup": 1.2, "sinkhorn.speedup_vs_loop": 5.0, "train_step.speedup": 5.0,
@@ -330,7 +331,7 @@ def pipeline_timings(folder: Path = TIMINGS) -> dict:
             rec = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if path.stem != "bench":
+        if path.stem in DVC_STAGES:  # not bench, ablation or search runs
             stages[path.stem] = {"wall_s": rec.get("wall_s"), "peak_rss_mib": rec.get("peak_rss_mib")}
     if not stages:
         return {"stages": None, "total_wall_s": None, "max_peak_rss_mib": None,
