@@ -78,6 +78,9 @@ class ClipConfig:
     similarity: str = "maskclip"
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
     precision: str = "fp32"  # fp32 | bf16 (autocast of the frozen encoder on CUDA)
+    # Blocks whose patch tokens feed the decoder (and the cache); null = every block (§6).
+    # On VOC, e.g. [-4, -3, -2, -1] cuts the cache's tokens from 7.4 to 2.5 MB per view.
+    decoder_layers: list[int] | None = None
 
     def check(self) -> None:
         _positive("clip.last_k", self.last_k)

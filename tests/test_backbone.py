@@ -95,3 +95,14 @@ def test_vit_b16_real_architecture_shapes():
     f = clip(torch.randn(1, 3, 160, 128))
     assert f.grid == (10, 8)
     assert f.tokens.shape == (1, 12, 80, 768) and f.attn.shape == (1, 8, 80, 80) and f.dense.shape == (1, 80, 512)
+
+
+def test_decoder_layers_select_blocks():
+    cfg = tiny_config(width=32, layers=3, heads=2, patch_size=8, image_size=32, embed_dim=16, pool="avg",
+                      text_width=32, text_layers=1, text_heads=2, context_length=16)
+    tok = open_clip.get_tokenizer("dfa-tiny-vit", context_length=16)
+    clip = FrozenCLIP(build_tiny(cfg), tok, last_k=2, decoder_layers=[-2, -1])
+    full = FrozenCLIP(build_tiny(cfg), tok, last_k=2)
+    full.load_state_dict(clip.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(clip(x).tokens, full(x).tokens[:, 1:])

@@ -55,4 +55,5 @@ def load_backbone(cfg: Config, spec: ClassSpec, device: torch.device | str = "cp
         except RuntimeError as exc:
             raise WorkbenchError(f"clip.model={c.model} pretrained={pretrained}: {exc}") from None
         tokenizer = open_clip.get_tokenizer(c.model)
-    return FrozenCLIP(model, tokenizer, last_k=c.last_k, similarity=c.similarity).to(device)
+    return FrozenCLIP(model, tokenizer, last_k=c.last_k, similarity=c.similarity,
+                      decoder_layers=c.decoder_layers).to(device)

@@ -41,6 +41,7 @@ def cache_fingerprint(cfg: Config, names: list[str]) -> str:
     return fingerprint({
         "model": c.model, "pretrained": c.pretrained, "checkpoint": file_digest(c.checkpoint),
         "last_k": c.last_k, "similarity": c.similarity, "templates": c.templates, "precision": c.precision,
+        "decoder_layers": c.decoder_layers,
         "data": cfg.data.name, "root": str(cfg.data.root), "split": cfg.data.train_split,
         "names": hashlib.sha256("\n".join(names).encode()).hexdigest(),
         "crop": cfg.data.crop_size, "mean": cfg.data.mean, "std": cfg.data.std,
