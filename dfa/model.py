@@ -112,21 +112,20 @@ class DFA(nn.Module):
     # ----------------------------------------------------------------- §5/§7 CAM path
     @torch.no_grad()
     def refine(self, aff: Affinities, sim: torch.Tensor, sim_bg: torch.Tensor, present: torch.Tensor,
-               image: torch.Tensor, size: tuple[int, int]) -> Refined:
+               image: torch.Tensor, grid: tuple[int, int]) -> Refined:
         """Refined CAMs and pseudo-labels (rows 0-4 of method.md §7).
 
         sim (B, N, C) min-max normalised patch-text similarity S, sim_bg (B, N) background
         prompt similarity (max over prompts, normalised), present (B, C) bool image labels,
-        image (B, 3, H, W) normalised RGB for PAR, size (H, W).
+        image (B, 3, H, W) normalised RGB for PAR (the output's size), grid (h, w) of the N tokens.
+        Background = (1 − max_c M_r)^p after upsampling (method.md §5), for every row.
         """
         cfg, ab = self.cfg, self.cfg.ablation
         cam = sim * present[:, None, :]
-        h, w = size
         if ab.combination == "product":
             affs = [aff.s_raw] + ([aff.inv_raw] if aff.inv_raw is not None else [])
             fg = product_refine(affs, cam, rounds=cfg.affinity.sinkhorn_rounds, square=cfg.affinity.square)
             fg = fg * present[:, None, :]
-            bg = None
         else:
             a_la = square(aff.s) if cfg.affinity.square else aff.s
             a_ha = aff.inv if aff.inv is not None else torch.zeros_like(aff.s)
@@ -141,12 +140,9 @@ class DFA(nn.Module):
             v = column_marginal(s_all, cfg.ot.marginal, cfg.ot.tau, valid)
             m_r = ot_refine(score, v, cfg.ot.epsilon, cfg.ot.max_iters, cfg.ot.tol)
             fg = m_r[..., 1:] if use_col else m_r
-            bg = None  # background = (1 - max M_r)^p after upsampling (method.md §5)
-        grid = aff.s.shape[-1]
-        gh, gw = self.grid_of(grid, size)
-        fg = fg.transpose(1, 2).reshape(fg.shape[0], -1, gh, gw)
-        fg = F.interpolate(fg, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
-        seed = cams_to_label(fg, present, cfg.refine.bg_power, bg)
+        fg = fg.transpose(1, 2).reshape(fg.shape[0], -1, *grid)
+        fg = F.interpolate(fg, size=image.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
+        seed = cams_to_label(fg, present, cfg.refine.bg_power)
         keep = torch.cat([torch.ones_like(present[:, :1]), present], 1)  # (B, 1 + C): bg + present
         if cfg.refine.par_iters > 0:
             # PAR is per channel and absent classes are masked below: refine only bg + present
@@ -159,15 +155,6 @@ class DFA(nn.Module):
             scores = seed
         scores = scores.masked_fill(~keep[:, :, None, None], -1)
         return Refined(scores=scores, labels=scores.argmax(1), seed_scores=seed)
-
-    @staticmethod
-    def grid_of(n: int, size: tuple[int, int]) -> tuple[int, int]:
-        """Token grid (h, w) with h*w = n matching the aspect of ``size``."""
-        h, w = size
-        for gh in range(1, n + 1):
-            if n % gh == 0 and abs(gh / (n // gh) - h / w) < 1e-6:
-                return gh, n // gh
-        raise ValueError(f"cannot lay {n} tokens on a grid with aspect {h}x{w}")
 
     # ----------------------------------------------------------------- §3/§4/§6 losses
     def losses(self, tokens: torch.Tensor, aff: Affinities, labels: torch.Tensor,

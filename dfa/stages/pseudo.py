@@ -136,7 +136,7 @@ def predict(cfg: Config, model, ext, raw: list[np.ndarray], labels: list[np.ndar
     present = torch.tensor(np.stack(labels) > 0, device=device)
     f = ext(image, present)
     aff = model.affinities(f.attn, f.grid)
-    refined = model.refine(aff, f.sim, f.sim_bg, present, image, (crop, crop))
+    refined = model.refine(aff, f.sim, f.sim_bg, present, image, f.grid)
     cam = f.sim.transpose(1, 2).reshape(len(raw), -1, *f.grid) * present[:, :, None, None]
     cam = F.interpolate(cam, size=(crop, crop), mode="bilinear", align_corners=False).clamp(0, 1)
     cam_scores = cams_to_label(cam, present, cfg.refine.bg_power, invalid_value=-1.0)

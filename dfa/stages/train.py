@@ -134,7 +134,7 @@ def train_step(model: DFA, batch: dict, device: torch.device) -> dict[str, torch
         if t is not None and not torch.isfinite(t).all():  # the OT solver would reject it anyway
             return {name: t.sum()}
     refined = model.refine(aff, batch["sim"].to(device), batch["sim_bg"].to(device),
-                           batch["present"].to(device), image, size)
+                           batch["present"].to(device), image, grid)
     return model.losses(batch["tokens"].to(device), aff, refined.labels, grid, size)
 
 
