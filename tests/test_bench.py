@@ -25,7 +25,10 @@ def report(tmp_path_factory) -> dict:
     timings = ws / "reports" / "timings"
     timings.mkdir(parents=True)
     (timings / "train.json").write_text(json.dumps({"stage": "train", "wall_s": 12.5, "peak_rss_mib": 900.0}))
-    (timings / "cache.json").write_text(json.dumps({"stage": "cache", "wall_s": 3.0, "peak_rss_mib": 1200.0}))
+    (timings / "cache_features.json").write_text(json.dumps({"stage": "cache_features", "wall_s": 3.0,
+                                                             "peak_rss_mib": 1200.0}))
+    # Not a pipeline stage: left out of the total.
+    (timings / "ablation.json").write_text(json.dumps({"stage": "ablation", "wall_s": 99.0, "peak_rss_mib": 5000.0}))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(ws)
         cfg = load_config("params.yaml", ["tracking.enabled=false"], smoke=True)
@@ -70,7 +73,7 @@ def test_crf_entry(report):
 
 def test_pipeline_reads_stage_timings(report):
     pl = report["pipeline"]
-    assert set(pl["stages"]) == {"train", "cache"}
+    assert set(pl["stages"]) == {"train", "cache_features"}
     assert pl["total_wall_s"] == pytest.approx(15.5)
     assert pl["max_peak_rss_mib"] == pytest.approx(1200.0)
 
