@@ -460,20 +460,24 @@ def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; a missing or bad file is a ConfigError naming it."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: {what} not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return raw
+
+
 def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = (),
                 smoke: bool = False) -> Config:
     """Read params (if the file exists), apply ``--smoke`` then ``-S`` overrides, validate."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"{p}: params file not found")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({exc})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
+    raw: dict[str, Any] = read_yaml_mapping(path, "params file") if path is not None else {}
     parsed = [parse_override(t) for t in overrides]
     if smoke:
         for k, v in SMOKE_OVERRIDES.items():

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from dfa.backbone.clip import TINY_NAME, FrozenCLIP, build_tiny, tiny_config
 from dfa.config import Config
@@ -29,14 +28,11 @@ from dfa.data.synthetic import caption, object_caption
 from dfa.errors import WorkbenchError
 from dfa.io import save_torch, write_json
 from dfa.stages.common import class_spec, console, data_errors, layout_of, progress, setup
+from dfa.stages.views import normalise, square_view
 from dfa.tracking import stage_run
 
 METRICS = Path("reports/metrics/clip.json")
 MANIFEST = Path("checkpoints/clip/backbone.json")  # the stage's DVC output on every dataset
-
-
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
 
 
 def _crop(img: np.ndarray, bbox: list[int], rng: np.random.Generator) -> np.ndarray:
@@ -69,17 +65,10 @@ class CaptionedImages:
             img, text = _crop(img, obj["bbox"], rng), object_caption(obj["class"], entry["background"])
         else:
             text = caption(entry)
-        img = _resize(img, self.size)
+        img = square_view(img, self.size)
         if rng.random() < 0.5:
             img = img[:, ::-1]
         return img, text
-
-
-def _normalise(batch: np.ndarray, cfg: Config) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(cfg.data.mean).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.data.std).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, ids: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -100,16 +89,16 @@ def zero_shot(model, tokenizer, data: CaptionedImages, classes: list[str], templ
     rng = np.random.default_rng(1)
     crops, crop_y, whole, whole_y = [], [], [], []
     for img, entry in zip(data.images, data.entries):
-        whole.append(_resize(img, data.size))
+        whole.append(square_view(img, data.size))
         whole_y.append([classes.index(o["class"]) for o in entry["objects"]])
         for obj in entry["objects"]:
-            crops.append(_resize(_crop(img, obj["bbox"], rng), data.size))
+            crops.append(square_view(_crop(img, obj["bbox"], rng), data.size))
             crop_y.append(classes.index(obj["class"]))
 
     def predict(batch: list[np.ndarray]) -> torch.Tensor:
         out = []
         for i in range(0, len(batch), 256):
-            f = model.encode_image(_normalise(np.stack(batch[i:i + 256]), cfg), normalize=True)
+            f = model.encode_image(normalise(np.stack(batch[i:i + 256]), cfg), normalize=True)
             out.append((f @ text.t()).argmax(1))
         return torch.cat(out)
 
@@ -159,7 +148,7 @@ def pretrain_clip(cfg: Config, args=None) -> int:
         for step in range(p.steps):
             idx = rng.integers(len(train.images), size=p.batch_size)
             pairs = [train.sample(int(i), rng, p.object_crop_prob) for i in idx]
-            images = _normalise(np.stack([im for im, _ in pairs]), cfg).to(device)
+            images = normalise(np.stack([im for im, _ in pairs]), cfg).to(device)
             texts = [t for _, t in pairs]
             missing = [t for t in set(texts) if t not in token_cache]
             if missing:

@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-import yaml
 from optuna.trial import TrialState
 from rich.markup import escape
 from rich.table import Table
 
-from dfa.config import Config, ConfigError, load_config
+from dfa.config import Config, ConfigError, load_config, read_yaml_mapping
 from dfa.data.dataset import load_labels
 from dfa.io import atomic_path, write_json
 from dfa.stages.common import class_spec, console, data_errors, device_of, layout_of, limit, repo_root
@@ -76,14 +75,7 @@ def _override(key: str, value: Any) -> str:
 def load_space(path: str | Path, cfg: Config) -> Space:
     """Read and check a space file; every error names the file and the key."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: search space not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+    raw = read_yaml_mapping(path, "search space")
     unknown = sorted(set(raw) - {"metric", "direction", "params", "fixed", "pruner", "description"})
     if unknown:
         raise ConfigError(f"{path}: {unknown[0]}: unknown key")
