@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--n-trials", type=int, default=10)
         if name == "ablation":
             p.add_argument("--rows", default="0,1,2,3,4", help="comma-separated rows")
+        if name == "bench":
+            p.add_argument("--only", default=None,
+                           help="comma-separated sections (sinkhorn,train_step,crf,gpu; default all)")
+            p.add_argument("--out", default=None, help="report path (default reports/bench.json)")
     return parser
 
 

@@ -18,6 +18,11 @@ from typing import Any
 import yaml
 
 
+# Autocast choices of the encoder and the decoder (issue 5): bf16 runs only on CUDA; the OT
+# step and the losses always run in fp32.
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 class ConfigError(ValueError):
     """A bad key, type or value in params or overrides; the message names the key."""
 
@@ -77,7 +82,7 @@ class ClipConfig:
     last_k: int = 4
     similarity: str = "maskclip"
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
-    precision: str = "fp32"  # fp32 | bf16 (autocast of the frozen encoder on CUDA)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16: autocast of the frozen encoder
     # Blocks whose patch tokens feed the decoder (and the cache); null = every block (§6).
     # On VOC, e.g. [-4, -3, -2, -1] cuts the cache's tokens from 7.4 to 2.5 MB per view.
     decoder_layers: list[int] | None = None
@@ -85,7 +90,7 @@ class ClipConfig:
     def check(self) -> None:
         _positive("clip.last_k", self.last_k)
         _choice("clip.similarity", self.similarity, ("surgery", "maskclip", "raw", "gradcam"))
-        _choice("clip.precision", self.precision, ("fp32", "bf16"))
+        _choice("clip.precision", self.precision, PRECISIONS)
 
 
 @dataclass
@@ -124,10 +129,15 @@ class CacheConfig:
     dtype: str = "float16"
     flip: bool = True
     shard_size: int = 256
+    # Batches read ahead by a background thread while the current step runs (pinned host
+    # memory on CUDA); 0 reads each batch synchronously. Same batches either way.
+    prefetch: int = 2
 
     def check(self) -> None:
         _choice("cache.dtype", self.dtype, ("float16", "float32"))
         _positive("cache.shard_size", self.shard_size)
+        if self.prefetch < 0:
+            raise ConfigError(f"cache.prefetch must be >= 0, got {self.prefetch!r}")
 
 
 @dataclass
@@ -224,9 +234,14 @@ class RefineConfig:
     bg_power: float = 1.0
     par_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12, 24])
     par_iters: int = 20
+    # PAR on the image resized by this factor, the result resized back: the anchors' default
+    # (WeCLIP / ToCo ``refine_cams_with_bkg_v2(..., down_scale=2)``), 4x less work than 1.0.
+    par_scale: float = 0.5
 
     def check(self) -> None:
         _positive("refine.bg_power", self.bg_power)
+        if not 0 < self.par_scale <= 1:
+            raise ConfigError(f"refine.par_scale must be in (0, 1], got {self.par_scale!r}")
 
 
 @dataclass
@@ -236,6 +251,10 @@ class DecoderConfig:
     layers: int = 3
     heads: int = 8
     dropout: float = 0.1
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16: autocast of the decoder
+
+    def check(self) -> None:
+        _choice("decoder.precision", self.precision, PRECISIONS)
 
 
 @dataclass

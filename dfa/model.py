@@ -144,24 +144,38 @@ class DFA(nn.Module):
         fg = F.interpolate(fg, size=image.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
         seed = cams_to_label(fg, present, cfg.refine.bg_power)
         keep = torch.cat([torch.ones_like(present[:, :1]), present], 1)  # (B, 1 + C): bg + present
-        if cfg.refine.par_iters > 0:
-            # PAR is per channel and absent classes are masked below: refine only bg + present
-            # (same result; 4x less work on VOC, where an image has 1-3 of 20 classes).
-            scores = torch.full_like(seed, -1.0)
-            for i in range(seed.shape[0]):
-                idx = keep[i].nonzero()[:, 0]
-                scores[i, idx] = self.par(image[i:i + 1], seed[i:i + 1, idx])[0]
-        else:
-            scores = seed
+        scores = self._par(image, seed, keep) if cfg.refine.par_iters > 0 else seed
         scores = scores.masked_fill(~keep[:, :, None, None], -1)
         return Refined(scores=scores, labels=scores.argmax(1), seed_scores=seed)
+
+    def _par(self, image: torch.Tensor, seed: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """PAR (method.md §5) on the kept channels of the whole batch at once.
+
+        PAR is per channel and absent classes are masked afterwards, so only background +
+        present classes are refined (4x less work on VOC, 1-3 of 20 classes per image): each
+        image's kept channels are gathered first, padded to the batch's largest count with
+        absent channels (their output is masked by the caller). At ``refine.par_scale`` < 1
+        PAR runs on the resized image and its output is resized back bilinearly, as the
+        anchors' ``down_scale=2``. image (B, 3, H, W), seed/keep (B, 1 + C, H, W)/(B, 1 + C).
+        """
+        size = seed.shape[-2:]
+        count = int(keep.sum(1).max())
+        order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :count]  # kept first
+        index = order[:, :, None, None].expand(-1, -1, *size)
+        scale = self.cfg.refine.par_scale
+        small = image if scale == 1 else F.interpolate(
+            image, size=[max(1, round(s * scale)) for s in size], mode="bilinear", align_corners=False)
+        refined = self.par(small, seed.gather(1, index))              # PAR resizes the masks to `small`
+        if refined.shape[-2:] != size:
+            refined = F.interpolate(refined, size=size, mode="bilinear", align_corners=False)
+        return torch.full_like(seed, -1.0).scatter_(1, index, refined)
 
     # ----------------------------------------------------------------- §3/§4/§6 losses
     def losses(self, tokens: torch.Tensor, aff: Affinities, labels: torch.Tensor,
                grid: tuple[int, int], size: tuple[int, int]) -> dict[str, torch.Tensor]:
         """L_seg, L_a, L_r for a batch; ``labels`` (B, H, W) pseudo-labels (detached)."""
         cfg, ab, lc = self.cfg, self.cfg.ablation, self.cfg.loss
-        logits, f_d = self.decoder(tokens.float(), grid)
+        logits, f_d = self.run_decoder(tokens, grid)
         up = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         out = {"seg": balanced_seg_loss(up, labels)}
         zero = up.new_zeros(())
@@ -183,9 +197,17 @@ class DFA(nn.Module):
         out["total"] = out["seg"] + lc.lambda_align * out["align"] + lc.lambda_rect * out["rect"]
         return out
 
+    def run_decoder(self, tokens: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder (logits, F_d) in float32; under bf16 autocast on CUDA with ``decoder.precision``
+        ``auto``/``bf16`` (issue 5: the losses, the FFT split and the OT stay fp32)."""
+        cuda = tokens.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and self.cfg.decoder.precision != "fp32"):
+            logits, f_d = self.decoder(tokens.float(), grid)
+        return logits.float(), f_d.float()
+
     def segment(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Decoder logits (B, num_classes, h, w)."""
-        return self.decoder(tokens.float(), grid)[0]
+        """Decoder logits (B, num_classes, h, w), float32."""
+        return self.run_decoder(tokens, grid)[0]
 
     def trainable_groups(self) -> list[dict]:
         c = self.cfg.train

@@ -10,6 +10,7 @@ params.yaml options: ``ot.score`` (``fixed`` | ``literal``), ``ot.lambda_l`` (1.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional, Tuple, Union
 
 import torch
@@ -109,8 +110,6 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon: floa
         raise ValueError(f"sinkhorn: epsilon must be > 0, got {epsilon!r}")
     dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
     cost, a, b = cost.to(dtype), a.to(dtype), b.to(dtype)
-    if not bool(torch.isfinite(cost).all()):
-        raise ValueError("sinkhorn: cost contains NaN or inf")
     mass_a, mass_b = _check_marginal("a", a), _check_marginal("b", b)
     rel = ((mass_a - mass_b).abs() / mass_a.maximum(mass_b)).max()
     if float(rel) > 1e-4:
@@ -118,25 +117,35 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon: floa
                          f"(relative gap {float(rel):.3g})")
     b = b * (mass_a / mass_b)[..., None]          # remove rounding-level mass gaps exactly
 
-    row_min = cost.amin(dim=-1, keepdim=True)
-    shifted = cost - row_min                                   # ≥ 0, row minimum 0
-    spread = float(shifted.amax()) / epsilon if shifted.numel() else 0.0
+    # One pass for both row extremes; NaN propagates through amin/amax and ±inf makes a row
+    # minimum or the spread non-finite, so this also rejects a non-finite cost.
+    if cost.numel():
+        row_min, row_max = torch.aminmax(cost, dim=-1, keepdim=True)
+        spread = float((row_max - row_min).amax()) / epsilon
+        if not (math.isfinite(spread) and bool(torch.isfinite(row_min).all())):
+            raise ValueError("sinkhorn: cost contains NaN or inf")
+    else:
+        row_min, spread = cost.new_zeros(*cost.shape[:-1], 1), 0.0
     use_log = bool(log_domain) or spread > _PLAIN_LIMIT[dtype]
     solver = _sinkhorn_log if use_log else _sinkhorn_plain
     check_every = max(1, int(check_every))
     # Cache blocking (CPU): each iteration streams K and Kᵀ once; a batch whose kernels outgrow
     # the cache is re-read from DRAM every iteration. Chunks are independent problems, so the
-    # result is the same; iters / err are the worst chunk's. 2x at 64 x 1600x81 (dfa bench).
-    flat = shifted.reshape(-1, n, c)
+    # result is the same; iters / err are the worst chunk's. Each chunk shifts its own rows,
+    # builds its kernel and writes its plan while they are in cache (dfa bench, issue 5).
+    flat, fmin = cost.reshape(-1, n, c), row_min.reshape(-1, n, 1)
     step = max(1, _CHUNK_BYTES // max(1, 2 * n * c * flat.element_size()))
-    if shifted.device.type != "cpu" or step >= flat.shape[0]:
-        plan, iters, err = solver(shifted, a, b, epsilon, max_iters, tol, check_every)
+    if cost.device.type != "cpu" or step >= flat.shape[0]:
+        plan, iters, err = solver(cost - row_min, a, b, epsilon, max_iters, tol, check_every)
     else:
         fa, fb = a.reshape(-1, n), b.reshape(-1, c)
-        parts = [solver(flat[i:i + step], fa[i:i + step], fb[i:i + step], epsilon, max_iters, tol, check_every)
-                 for i in range(0, flat.shape[0], step)]
-        plan = torch.cat([p[0] for p in parts]).reshape(shifted.shape)
-        iters, err = max(p[1] for p in parts), max(p[2] for p in parts)
+        plan = torch.empty_like(flat)
+        iters, err = 0, 0.0
+        for i in range(0, flat.shape[0], step):
+            j = slice(i, i + step)
+            plan[j], it, e = solver(flat[j] - fmin[j], fa[j], fb[j], epsilon, max_iters, tol, check_every)
+            iters, err = max(iters, it), max(err, e)
+        plan = plan.reshape(cost.shape)
     if return_info:
         return plan, {"iters": iters, "err": err, "log_domain": use_log}
     return plan

@@ -67,7 +67,7 @@ def test_crf_entry(report):
     cr = report["crf"]
     assert cr["identical"] is True
     assert cr["workers"] == 2
-    for key in ("serial_s", "parallel_s", "speedup", "pool_startup_s"):
+    for key in ("serial_s", "parallel_s", "speedup", "warm_s", "speedup_warm", "pool_startup_s"):
         assert isinstance(cr[key], NUM) and cr[key] > 0
 
 

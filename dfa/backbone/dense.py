@@ -31,11 +31,12 @@ class ViewFeatures:
 class DenseExtractor:
     """Frozen CLIP + prompts → :class:`ViewFeatures`.
 
-    ``precision='bf16'`` runs the encoder under bf16 autocast on CUDA (method.md §1 at real
-    scale); S and the attention are returned in float32.
+    ``precision`` ``'bf16'`` or ``'auto'`` runs the encoder under bf16 autocast on CUDA
+    (method.md §1 at real scale; ``'auto'`` is fp32 on CPU); S and the attention are
+    returned in float32.
     """
 
-    def __init__(self, clip: FrozenCLIP, spec: ClassSpec, templates: list[str], precision: str = "fp32"):
+    def __init__(self, clip: FrozenCLIP, spec: ClassSpec, templates: list[str], precision: str = "auto"):
         self.clip = clip
         self.spec = spec
         self.fg_text, self.bg_text = clip.text_embeddings(spec.classes, spec.synonyms, spec.background, templates)
@@ -48,7 +49,7 @@ class DenseExtractor:
     def __call__(self, images: torch.Tensor, present: torch.Tensor | None = None) -> ViewFeatures:
         """images (B, 3, H, W) normalised; present (B, C) bool, needed by ``gradcam`` only."""
         images = images.to(self.device)
-        use_bf16 = self.precision == "bf16" and images.device.type == "cuda"
+        use_bf16 = self.precision in ("bf16", "auto") and images.device.type == "cuda"
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = self.clip(images)
         if self.clip.similarity == "gradcam":

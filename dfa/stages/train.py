@@ -16,6 +16,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import signal
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +65,13 @@ def lr_lambda(cfg: Config):
 
 
 class Batches:
-    """Seeded batch source; its generator state is part of the checkpoint."""
+    """Seeded batch source; its generator state is part of the checkpoint.
+
+    From the cache, batch indices are drawn here, in order, and the reads (memory-mapped
+    shards, pinned on CUDA) run ``cache.prefetch`` batches ahead on a background thread. The
+    checkpointed generator state is the one right after the last *consumed* batch's draw,
+    so a resumed run sees the same batches with or without read-ahead.
+    """
 
     def __init__(self, cfg: Config, device: torch.device):
         self.cfg = cfg
@@ -72,6 +80,9 @@ class Batches:
         spec = class_spec(cfg)
         layout = layout_of(cfg)
         self.cached = cfg.cache.enabled
+        self._ahead: deque = deque()          # (future or indices, generator state after the draw)
+        self._state_after: torch.Tensor | None = None
+        self._reader: ThreadPoolExecutor | None = None
         if self.cached:
             with data_errors():
                 names = layout.read_list(cfg.data.train_split)
@@ -81,6 +92,8 @@ class Batches:
             if meta["classes"] != spec.classes:
                 raise WorkbenchError(f"{cfg.cache.dir}: cached classes differ from the dataset's")
             self.grid = tuple(meta["grid"])
+            if cfg.cache.prefetch > 0:
+                self._reader = ThreadPoolExecutor(1, thread_name_prefix="dfa-cache-reader")
         else:
             self.extract = extractor(cfg, spec, device)
             with data_errors():
@@ -90,13 +103,50 @@ class Batches:
                                                                  generator=self.gen))
             self.n = len(self.data)
 
+    # ----------------------------------------------------------------- generator state
+    def generator_state(self) -> torch.Tensor:
+        """State after the last consumed batch (read-ahead draws excluded)."""
+        return self._state_after if self._state_after is not None else self.gen.get_state()
+
+    def set_generator_state(self, state: torch.Tensor) -> None:
+        self._drop_ahead()
+        self.gen.set_state(state)
+
+    def reseed(self, seed: int) -> None:
+        self._drop_ahead()
+        self.gen.manual_seed(seed)
+
+    def _drop_ahead(self) -> None:
+        for job, _ in self._ahead:
+            if isinstance(job, Future):
+                job.cancel()
+        self._ahead.clear()
+        self._state_after = None
+
+    def close(self) -> None:
+        self._drop_ahead()
+        if self._reader is not None:
+            self._reader.shutdown(wait=True, cancel_futures=True)
+
+    # ----------------------------------------------------------------- batches
+    def _read(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        """Runs on the reader thread: copies out of the memory map, pinned for a CUDA copy."""
+        b = self.views.batch(idx)
+        return {k: v.pin_memory() for k, v in b.items()} if self.device.type == "cuda" else b
+
     def next(self) -> dict[str, torch.Tensor]:
-        idx = torch.randint(self.n, (self.cfg.train.batch_size,), generator=self.gen).tolist()
         if self.cached:
-            b = self.views.batch(idx)
-            return {"tokens": b["tokens"].float(), "attn": b["attn"].float(), "sim": b["sim"].float(),
-                    "sim_bg": b["sim_bg"].float(), "present": b["label"].bool(),
-                    "image": normalise(b["image"], self.cfg), "grid": self.grid}
+            while len(self._ahead) < max(1, self.cfg.cache.prefetch):
+                idx = torch.randint(self.n, (self.cfg.train.batch_size,), generator=self.gen).tolist()
+                job = self._reader.submit(self._read, idx) if self._reader is not None else idx
+                self._ahead.append((job, self.gen.get_state()))
+            job, self._state_after = self._ahead.popleft()
+            b = job.result() if isinstance(job, Future) else self._read(job)
+            dev = {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
+            return {"tokens": dev["tokens"].float(), "attn": dev["attn"].float(), "sim": dev["sim"].float(),
+                    "sim_bg": dev["sim_bg"].float(), "present": dev["label"].bool(),
+                    "image": normalise(dev["image"], self.cfg), "grid": self.grid}
+        idx = torch.randint(self.n, (self.cfg.train.batch_size,), generator=self.gen).tolist()
         with data_errors():
             items = [self.data[i] for i in idx]
         images = torch.stack([it["image"] for it in items])
@@ -112,14 +162,14 @@ def build_model(cfg: Config, batch: dict, num_classes: int) -> DFA:
 
 def rng_state(batches: Batches) -> dict:
     import random
-    return {"torch": torch.get_rng_state(), "gen": batches.gen.get_state(), "numpy": np.random.get_state(),
+    return {"torch": torch.get_rng_state(), "gen": batches.generator_state(), "numpy": np.random.get_state(),
             "python": random.getstate()}
 
 
 def set_rng_state(state: dict, batches: Batches) -> None:
     import random
     torch.set_rng_state(state["torch"])
-    batches.gen.set_state(state["gen"])
+    batches.set_generator_state(state["gen"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
 
@@ -156,7 +206,7 @@ def fit(cfg: Config, run, callback=None) -> dict:
         model.decoder.compile()
     opt = torch.optim.AdamW(model.trainable_groups(), weight_decay=cfg.train.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    batches.gen.manual_seed(cfg.seed)  # the probe batch above must not shift the data order
+    batches.reseed(cfg.seed)  # the probe batch above must not shift the data order
     torch.manual_seed(cfg.seed)
     start = 0
     curve: list[dict] = []
@@ -226,6 +276,7 @@ def fit(cfg: Config, run, callback=None) -> dict:
                     callback(step + 1, model)
                     model.train()
     finally:
+        batches.close()
         for s, h in old.items():
             signal.signal(s, h)
     digest = state_digest(model)
