@@ -80,7 +80,7 @@ class ClipConfig:
     pretrained: str | None = None
     checkpoint: str | None = "checkpoints/clip/model.pt"
     last_k: int = 4
-    similarity: str = "maskclip"
+    similarity: str = "surgery"
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16: autocast of the frozen encoder
     # Blocks whose patch tokens feed the decoder (and the cache); null = every block (§6).
@@ -137,7 +137,7 @@ class CacheConfig:
         _choice("cache.dtype", self.dtype, ("float16", "float32"))
         _positive("cache.shard_size", self.shard_size)
         if self.prefetch < 0:
-            raise ConfigError(f"cache.prefetch must be >= 0, got {self.prefetch!r}")
+            raise ConfigError(f"cache.prefetch: must be >= 0, got {self.prefetch!r}")
 
 
 @dataclass
@@ -241,7 +241,7 @@ class RefineConfig:
     def check(self) -> None:
         _positive("refine.bg_power", self.bg_power)
         if not 0 < self.par_scale <= 1:
-            raise ConfigError(f"refine.par_scale must be in (0, 1], got {self.par_scale!r}")
+            raise ConfigError(f"refine.par_scale: must lie in (0, 1], got {self.par_scale!r}")
 
 
 @dataclass

@@ -67,7 +67,7 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon: floa
       row of K has a 1 in it.
     * Log domain (``logsumexp`` updates of the potentials f = ε log u, g = ε log v) when
       ``log_domain=True``, and **automatically** when the largest row range of the cost
-      divided by ε exceeds 50 (fp32) / 500 (fp64), where the plain kernel would underflow
+      divided by ε exceeds 50 (fp32) / 500 (fp64) (per cache block on CPU), where the plain kernel would underflow
       or the scalings overflow. ``info['log_domain']`` tells which ran.
 
     Stopping: the marginal error ``err = ‖T1 − a‖₁ + ‖Tᵀ1 − b‖₁``, worst problem of the batch,
@@ -117,34 +117,38 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon: floa
                          f"(relative gap {float(rel):.3g})")
     b = b * (mass_a / mass_b)[..., None]          # remove rounding-level mass gaps exactly
 
-    # One pass for both row extremes; NaN propagates through amin/amax and ±inf makes a row
-    # minimum or the spread non-finite, so this also rejects a non-finite cost.
-    if cost.numel():
-        row_min, row_max = torch.aminmax(cost, dim=-1, keepdim=True)
-        spread = float((row_max - row_min).amax()) / epsilon
-        if not (math.isfinite(spread) and bool(torch.isfinite(row_min).all())):
-            raise ValueError("sinkhorn: cost contains NaN or inf")
-    else:
-        row_min, spread = cost.new_zeros(*cost.shape[:-1], 1), 0.0
-    use_log = bool(log_domain) or spread > _PLAIN_LIMIT[dtype]
-    solver = _sinkhorn_log if use_log else _sinkhorn_plain
+    # Row minima (the kernel's row stabilisation); NaN propagates through amin and amax, and
+    # ±inf makes a row minimum or a row range non-finite, so non-finite costs are caught below.
+    row_min = cost.amin(dim=-1, keepdim=True) if cost.numel() else cost.new_zeros(*cost.shape[:-1], 1)
+    if not bool(torch.isfinite(row_min).all()):
+        raise ValueError("sinkhorn: cost contains NaN or inf")
     check_every = max(1, int(check_every))
+
+    def solve(shifted, a_, b_, out=None):
+        """One block of problems: plain or log domain by the block's largest row range / ε."""
+        spread = float(shifted.amax()) / epsilon if shifted.numel() else 0.0
+        if not math.isfinite(spread):
+            raise ValueError("sinkhorn: cost contains NaN or inf")
+        use_log = bool(log_domain) or spread > _PLAIN_LIMIT[dtype]
+        solver = _sinkhorn_log if use_log else _sinkhorn_plain
+        return (*solver(shifted, a_, b_, epsilon, max_iters, tol, check_every, out), use_log)
+
     # Cache blocking (CPU): each iteration streams K and Kᵀ once; a batch whose kernels outgrow
-    # the cache is re-read from DRAM every iteration. Chunks are independent problems, so the
-    # result is the same; iters / err are the worst chunk's. Each chunk shifts its own rows,
-    # builds its kernel and writes its plan while they are in cache (dfa bench, issue 5).
+    # the cache is re-read from DRAM every iteration. Blocks are independent problems, so the
+    # result is the same; iters / err are the worst block's. Each block shifts its rows, builds
+    # its kernel and writes its plan into the output while they are in cache (dfa bench).
     flat, fmin = cost.reshape(-1, n, c), row_min.reshape(-1, n, 1)
     step = max(1, _CHUNK_BYTES // max(1, 2 * n * c * flat.element_size()))
     if cost.device.type != "cpu" or step >= flat.shape[0]:
-        plan, iters, err = solver(cost - row_min, a, b, epsilon, max_iters, tol, check_every)
+        plan, iters, err, use_log = solve(cost - row_min, a, b)
     else:
         fa, fb = a.reshape(-1, n), b.reshape(-1, c)
         plan = torch.empty_like(flat)
-        iters, err = 0, 0.0
+        iters, err, use_log = 0, 0.0, False
         for i in range(0, flat.shape[0], step):
             j = slice(i, i + step)
-            plan[j], it, e = solver(flat[j] - fmin[j], fa[j], fb[j], epsilon, max_iters, tol, check_every)
-            iters, err = max(iters, it), max(err, e)
+            _, it, e, lg = solve(flat[j] - fmin[j], fa[j], fb[j], out=plan[j])
+            iters, err, use_log = max(iters, it), max(err, e), use_log or lg
         plan = plan.reshape(cost.shape)
     if return_info:
         return plan, {"iters": iters, "err": err, "log_domain": use_log}
@@ -158,7 +162,7 @@ def _marginal_error(row: torch.Tensor, a: torch.Tensor, col: torch.Tensor,
     return float(err.max()) if err.numel() else 0.0
 
 
-def _sinkhorn_plain(cost, a, b, epsilon, max_iters, tol, check_every):
+def _sinkhorn_plain(cost, a, b, epsilon, max_iters, tol, check_every, out=None):
     """Scaling form, K = exp(−cost/ε) with cost row-shifted to min 0. method.md §5.
 
     ``K v`` and ``Kᵀ u`` are computed as row-vector × matrix products ``vᵀ Kᵀ`` and ``uᵀ K``
@@ -190,11 +194,11 @@ def _sinkhorn_plain(cost, a, b, epsilon, max_iters, tol, check_every):
             if _marginal_error(u * kv, a, v * ktu, b) < tol:
                 break
     err = _marginal_error(u * kv, a, v * ktu, b) if max_iters > 0 else float("nan")
-    plan = u[..., :, None] * kernel * v[..., None, :]
-    return plan, iters, err
+    plan = torch.mul(kernel, u[..., :, None], out=out)        # T = diag(u) K diag(v), in place
+    return plan.mul_(v[..., None, :]), iters, err
 
 
-def _sinkhorn_log(cost, a, b, epsilon, max_iters, tol, check_every):
+def _sinkhorn_log(cost, a, b, epsilon, max_iters, tol, check_every, out=None):
     """Log-domain form on scaled potentials f̃ = f/ε, g̃ = g/ε. method.md §5.
 
     ``f̃ = log a − lse_j(g̃_j − C_ij/ε)``, ``g̃ = log b − lse_i(f̃_i − C_ij/ε)``; zero marginal
@@ -218,7 +222,7 @@ def _sinkhorn_log(cost, a, b, epsilon, max_iters, tol, check_every):
                 break
     err = (_marginal_error((f + lse_row).exp(), a, (g + lse_col).exp(), b)
            if max_iters > 0 else float("nan"))
-    plan = torch.exp(neg + f[..., :, None] + g[..., None, :])
+    plan = torch.exp(neg + f[..., :, None] + g[..., None, :], out=out)
     return plan, iters, err
 
 

@@ -102,6 +102,11 @@ def test_wrong_type_is_named(text, key, what):
     ("loss.alpha_momentum=1.5", "loss.alpha_momentum", "[0.0, 1.0]"),
     ("clip.similarity=dino", "clip.similarity", "surgery"),
     ("data.scale_range=[2.0, 1.0]", "data.scale_range", "low <= high"),
+    ("refine.par_scale=0", "refine.par_scale", "(0, 1]"),
+    ("refine.par_scale=2", "refine.par_scale", "(0, 1]"),
+    ("cache.prefetch=-1", "cache.prefetch", ">= 0"),
+    ("decoder.precision=fp16", "decoder.precision", "bf16"),
+    ("clip.precision=half", "clip.precision", "auto"),
 ])
 def test_out_of_range_names_key_and_range(text, key, rng):
     with pytest.raises(ConfigError) as err:

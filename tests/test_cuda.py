@@ -32,12 +32,14 @@ def smoke_cfg(*overrides: str):
 
 def test_sinkhorn_cuda_matches_cpu():
     cost, a, b = ot_problems(16, 400, 21)
-    cpu, info_cpu = sinkhorn(cost, a, b, 0.1, max_iters=200, tol=1e-7, return_info=True)
-    gpu, info_gpu = sinkhorn(cost.to(CUDA), a.to(CUDA), b.to(CUDA), 0.1, max_iters=200, tol=1e-7,
+    # fp32 marginal errors plateau near 1e-7 (summation order differs on the GPU): stop at 1e-6.
+    cpu, info_cpu = sinkhorn(cost, a, b, 0.1, max_iters=500, tol=1e-6, return_info=True)
+    gpu, info_gpu = sinkhorn(cost.to(CUDA), a.to(CUDA), b.to(CUDA), 0.1, max_iters=500, tol=1e-6,
                              return_info=True)
     assert gpu.device.type == "cuda"
-    assert torch.allclose(gpu.cpu(), cpu, rtol=1e-4, atol=1e-9)
-    assert abs(info_gpu["iters"] - info_cpu["iters"]) <= 1
+    assert info_cpu["err"] < 1e-6 and info_gpu["err"] < 1e-6
+    assert torch.allclose(gpu.cpu(), cpu, rtol=1e-3, atol=1e-8)
+    assert abs(info_gpu["iters"] - info_cpu["iters"]) <= 5
 
 
 def test_ot_refine_stays_fp32_under_autocast():
@@ -76,7 +78,16 @@ def _losses(model, batch, device):
     return {k: v.item() for k, v in train_step(model, batch, device).items()}
 
 
-def test_train_step_cuda_fp32_matches_cpu(cached_batch):
+@pytest.fixture
+def no_tf32():
+    """Plain fp32 on the GPU (cuDNN convolutions default to TF32 on Ampere and later)."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def test_train_step_cuda_fp32_matches_cpu(cached_batch, no_tf32):
     cfg, clip, spec, batch = cached_batch
     cfg = copy.deepcopy(cfg)
     cfg.clip.last_k, cfg.decoder.precision, cfg.decoder.dropout = clip.last_k, "fp32", 0.0
@@ -101,7 +112,7 @@ def test_train_step_cuda_bf16_decoder(cached_batch):
     fp32 = copy.deepcopy(model)
     fp32.cfg = copy.deepcopy(cfg)
     fp32.cfg.decoder.precision = "fp32"
-    assert float(train_step(fp32, batch, CUDA)["seg"]) == pytest.approx(float(losses["seg"]), rel=0.05)
+    assert train_step(fp32, batch, CUDA)["seg"].item() == pytest.approx(losses["seg"].item(), rel=0.05)
 
 
 def test_encoder_bf16_close_to_fp32(cached_batch):

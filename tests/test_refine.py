@@ -109,3 +109,39 @@ def test_cams_to_label():
     assert torch.equal(scores_to_label(with_bg)[0], torch.tensor([[1, 0], [3, 0]]))
     neg = cams_to_label(cam, valid, invalid_value=float("-inf"))
     assert torch.isinf(neg[0, 2]).all()
+
+
+def _model_par(scale: float, iters: int = 3):
+    from dfa.config import load_config
+    from dfa.model import DFA
+    from tests.conftest import REPO
+
+    cfg = load_config(REPO / "params.yaml", [f"refine.par_scale={scale}", f"refine.par_iters={iters}",
+                                             "refine.par_dilations=[1,2]"], smoke=True)
+    return DFA(cfg, num_blocks=2, in_dim=16, num_classes=6)
+
+
+def test_batched_par_equals_per_image_par_on_kept_channels():
+    """DFA._par gathers each image's kept channels (padding to the batch's largest count) and
+    runs PAR once for the batch: same as PAR per image on its own kept channels."""
+    g = torch.Generator().manual_seed(0)
+    model = _model_par(1.0)
+    image, seed = torch.rand(3, 3, 24, 24, generator=g), torch.rand(3, 6, 24, 24, generator=g)
+    keep = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 0, 1, 1, 0, 1], [1, 0, 0, 0, 1, 0]], dtype=torch.bool)
+    out = model._par(image, seed, keep)
+    for i in range(3):
+        idx = keep[i].nonzero()[:, 0]
+        ref = model.par(image[i:i + 1], seed[i:i + 1, idx])[0]
+        assert torch.allclose(out[i, idx], ref, atol=1e-6)
+
+
+def test_half_resolution_par_runs_on_the_resized_image():
+    g = torch.Generator().manual_seed(1)
+    model = _model_par(0.5)
+    image, seed = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 6, 32, 32, generator=g)
+    keep = torch.ones(2, 6, dtype=torch.bool)
+    out = model._par(image, seed, keep)
+    assert out.shape == seed.shape
+    small = F.interpolate(image, size=[16, 16], mode="bilinear", align_corners=False)
+    ref = F.interpolate(model.par(small, seed), size=(32, 32), mode="bilinear", align_corners=False)
+    assert torch.allclose(out, ref, atol=1e-6)

@@ -111,3 +111,14 @@ def test_cache_resumes_at_the_first_missing_shard(smoke_workspace, tmp_path, dfa
     reference = json.loads((ws / "cache/features-smoke/index.json").read_text())
     assert final["fingerprint"] != "" and [n for s in final["shards"] for n in s["names"]] == \
         [n for s in reference["shards"] for n in s["names"]]
+
+
+def test_read_ahead_gives_the_same_training(smoke_workspace, tmp_path, reference):
+    """``cache.prefetch=0`` (synchronous reads) ends with the same weights as the default read-ahead."""
+    ws = tmp_path / "ws"
+    shutil.copytree(smoke_workspace, ws)
+    proc = subprocess.run([sys.executable, "-m", "dfa", "train", "--smoke", *STEPS, "-S", "cache.prefetch=0",
+                           "-S", "train.dir=checkpoints/sync"], cwd=ws, env=cli_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert _digest(ws) == reference

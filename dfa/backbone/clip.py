@@ -169,9 +169,11 @@ class FrozenCLIP(nn.Module):
 
     # ------------------------------------------------------------------ image side
     def _pos(self, grid: tuple[int, int]) -> torch.Tensor:
-        if grid not in self._pos_cache:
-            self._pos_cache[grid] = resize_pos_embed(self.visual.positional_embedding.detach(), self.base_grid, grid)
-        return self._pos_cache[grid]
+        pos = self.visual.positional_embedding
+        key = (tuple(grid), pos.device, pos.dtype)  # the model may have moved since (CPU → CUDA)
+        if key not in self._pos_cache:
+            self._pos_cache[key] = resize_pos_embed(pos.detach(), self.base_grid, grid)
+        return self._pos_cache[key]
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, H, W), H and W multiples of the patch → (B, 1 + N, D) tokens before block 0."""

@@ -98,8 +98,9 @@ def zero_shot(model, tokenizer, data: CaptionedImages, classes: list[str], templ
     def predict(batch: list[np.ndarray]) -> torch.Tensor:
         out = []
         for i in range(0, len(batch), 256):
-            f = model.encode_image(normalise(np.stack(batch[i:i + 256]), cfg), normalize=True)
-            out.append((f @ text.t()).argmax(1))
+            x = normalise(np.stack(batch[i:i + 256]), cfg).to(text.device)
+            f = model.encode_image(x, normalize=True)
+            out.append((f @ text.t()).argmax(1).cpu())
         return torch.cat(out)
 
     crop_pred = predict(crops)
