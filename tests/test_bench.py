@@ -90,3 +90,26 @@ def test_targets_are_reported_not_enforced(report):
     for v in report["targets"].values():
         assert set(v) == {"target", "measured", "met"}
         assert v["met"] in (True, False, None)
+
+
+def test_only_runs_the_named_sections(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(REPO / "params.yaml", ["tracking.enabled=false"], smoke=True)
+    out = tmp_path / "one.json"
+    assert bench(cfg, SimpleNamespace(only="sinkhorn", out=str(out))) == 0
+    rep = json.loads(out.read_text())
+    assert rep["sections"] == ["sinkhorn"] and "sinkhorn" in rep
+    assert not {"train_step", "crf", "gpu"} & set(rep)
+    assert rep["targets"]["train_step.speedup"]["measured"] is None
+    assert not (tmp_path / "reports" / "bench.json").exists()
+
+
+def test_unknown_section_is_refused(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from dfa.errors import WorkbenchError
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(REPO / "params.yaml", ["tracking.enabled=false"], smoke=True)
+    with pytest.raises(WorkbenchError, match="unknown section"):
+        bench(cfg, SimpleNamespace(only="sinkhorn,gpus", out=None))

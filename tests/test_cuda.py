@@ -21,7 +21,8 @@ from dfa.stages.train import train_step
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present")]
 
 CUDA = torch.device("cuda")
 
