@@ -7,7 +7,11 @@
 #
 # Uses the machine's own python3/torch. Missing packages can come as wheels in .whl/ (a
 # pydensecrf2 sdist there is built in place); nothing is downloaded. Logs and the bench report
-# land in $OUT (default /tmp/gpu-check).
+# land in $OUT (default /tmp/gpu-check). .whl/ is git-ignored; for a Python 3.12 machine it was
+# filled with (add --platform manylinux_2_17_x86_64 etc. as needed):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 POT==0.9.7.post1
+#   pip download --no-deps --no-binary=:all: -d .whl pydensecrf2==1.1
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
