@@ -23,6 +23,11 @@ import yaml
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def bf16_autocast(precision: str, device_type: str) -> bool:
+    """Whether a ``*.precision`` choice runs under bf16 autocast on this device type."""
+    return device_type == "cuda" and precision != "fp32"
+
+
 class ConfigError(ValueError):
     """A bad key, type or value in params or overrides; the message names the key."""
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from dfa.backbone.clip import minmax_tokens
 from dfa.affinity import AffinityHead, inverse_attention, sinkhorn_normalize, square, symmetrize
-from dfa.config import Config
+from dfa.config import Config, bf16_autocast
 from dfa.frequency import relation, split_frequencies
 from dfa.losses import alignment_loss, balanced_seg_loss, hfar_pairs, rectification_loss, update_alpha
 from dfa.ot import column_marginal, ot_refine, scoring_matrix
@@ -200,8 +200,8 @@ class DFA(nn.Module):
     def run_decoder(self, tokens: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder (logits, F_d) in float32; under bf16 autocast on CUDA with ``decoder.precision``
         ``auto``/``bf16`` (issue 5: the losses, the FFT split and the OT stay fp32)."""
-        cuda = tokens.device.type == "cuda"
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and self.cfg.decoder.precision != "fp32"):
+        with torch.autocast("cuda", dtype=torch.bfloat16,
+                            enabled=bf16_autocast(self.cfg.decoder.precision, tokens.device.type)):
             logits, f_d = self.decoder(tokens.float(), grid)
         return logits.float(), f_d.float()
 

@@ -137,19 +137,20 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon: floa
     # the cache is re-read from DRAM every iteration. Blocks are independent problems, so the
     # result is the same; iters / err are the worst block's. Each block shifts its rows, builds
     # its kernel and writes its plan into the output while they are in cache (dfa bench).
+    # On the GPU the whole batch is one block.
     flat, fmin = cost.reshape(-1, n, c), row_min.reshape(-1, n, 1)
-    step = max(1, _CHUNK_BYTES // max(1, 2 * n * c * flat.element_size()))
-    if cost.device.type != "cpu" or step >= flat.shape[0]:
-        plan, iters, err, use_log = solve(cost - row_min, a, b)
-    else:
-        fa, fb = a.reshape(-1, n), b.reshape(-1, c)
-        plan = torch.empty_like(flat)
-        iters, err, use_log = 0, 0.0, False
-        for i in range(0, flat.shape[0], step):
-            j = slice(i, i + step)
-            _, it, e, lg = solve(flat[j] - fmin[j], fa[j], fb[j], out=plan[j])
-            iters, err, use_log = max(iters, it), max(err, e), use_log or lg
-        plan = plan.reshape(cost.shape)
+    fa, fb = a.reshape(-1, n), b.reshape(-1, c)
+    step = (max(1, _CHUNK_BYTES // max(1, 2 * n * c * flat.element_size())) if cost.device.type == "cpu"
+            else max(1, flat.shape[0]))
+    plan = torch.empty_like(flat)
+    iters, errs, use_log = 0, [], bool(log_domain)
+    for i in range(0, flat.shape[0], step):
+        j = slice(i, i + step)
+        _, it, e, lg = solve(flat[j] - fmin[j], fa[j], fb[j], out=plan[j])
+        iters, use_log = max(iters, it), use_log or lg
+        errs.append(e)
+    err = max(errs, default=0.0) if max_iters > 0 else float("nan")   # no iteration: no error
+    plan = plan.reshape(cost.shape)
     if return_info:
         return plan, {"iters": iters, "err": err, "log_domain": use_log}
     return plan

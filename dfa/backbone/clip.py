@@ -135,7 +135,7 @@ class FrozenCLIP(nn.Module):
         self.patch = self.visual.patch_size[0] if isinstance(self.visual.patch_size, tuple) else self.visual.patch_size
         gs = self.visual.grid_size
         self.base_grid = (gs, gs) if isinstance(gs, int) else tuple(gs)
-        self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._pos_cache: dict[tuple, torch.Tensor] = {}  # (grid, device, dtype) → resized embedding
 
     # ------------------------------------------------------------------ text side
     @property

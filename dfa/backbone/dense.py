@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from dfa.backbone.clip import FrozenCLIP, minmax_tokens, similarity_maps
+from dfa.config import bf16_autocast
 from dfa.data.classes import ClassSpec
 
 
@@ -49,7 +50,7 @@ class DenseExtractor:
     def __call__(self, images: torch.Tensor, present: torch.Tensor | None = None) -> ViewFeatures:
         """images (B, 3, H, W) normalised; present (B, C) bool, needed by ``gradcam`` only."""
         images = images.to(self.device)
-        use_bf16 = self.precision in ("bf16", "auto") and images.device.type == "cuda"
+        use_bf16 = bf16_autocast(self.precision, images.device.type)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = self.clip(images)
         if self.clip.similarity == "gradcam":

@@ -17,7 +17,7 @@ import csv
 import hashlib
 import signal
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +80,7 @@ class Batches:
         spec = class_spec(cfg)
         layout = layout_of(cfg)
         self.cached = cfg.cache.enabled
-        self._ahead: deque = deque()          # (future or indices, generator state after the draw)
+        self._ahead: deque = deque()          # (future of a read, generator state after its draw)
         self._state_after: torch.Tensor | None = None
         self._reader: ThreadPoolExecutor | None = None
         if self.cached:
@@ -118,8 +118,7 @@ class Batches:
 
     def _drop_ahead(self) -> None:
         for job, _ in self._ahead:
-            if isinstance(job, Future):
-                job.cancel()
+            job.cancel()
         self._ahead.clear()
         self._state_after = None
 
@@ -134,21 +133,25 @@ class Batches:
         b = self.views.batch(idx)
         return {k: v.pin_memory() for k, v in b.items()} if self.device.type == "cuda" else b
 
+    def _draw(self) -> list[int]:
+        return torch.randint(self.n, (self.cfg.train.batch_size,), generator=self.gen).tolist()
+
     def next(self) -> dict[str, torch.Tensor]:
         if self.cached:
-            while len(self._ahead) < max(1, self.cfg.cache.prefetch):
-                idx = torch.randint(self.n, (self.cfg.train.batch_size,), generator=self.gen).tolist()
-                job = self._reader.submit(self._read, idx) if self._reader is not None else idx
-                self._ahead.append((job, self.gen.get_state()))
-            job, self._state_after = self._ahead.popleft()
-            b = job.result() if isinstance(job, Future) else self._read(job)
+            if self._reader is None:                  # cache.prefetch = 0: read in this thread
+                b = self._read(self._draw())
+            else:
+                while len(self._ahead) < self.cfg.cache.prefetch:
+                    idx = self._draw()
+                    self._ahead.append((self._reader.submit(self._read, idx), self.gen.get_state()))
+                job, self._state_after = self._ahead.popleft()
+                b = job.result()
             dev = {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
             return {"tokens": dev["tokens"].float(), "attn": dev["attn"].float(), "sim": dev["sim"].float(),
                     "sim_bg": dev["sim_bg"].float(), "present": dev["label"].bool(),
                     "image": normalise(dev["image"], self.cfg), "grid": self.grid}
-        idx = torch.randint(self.n, (self.cfg.train.batch_size,), generator=self.gen).tolist()
         with data_errors():
-            items = [self.data[i] for i in idx]
+            items = [self.data[i] for i in self._draw()]
         images = torch.stack([it["image"] for it in items])
         present = torch.stack([it["label"] for it in items]) > 0
         f = self.extract(images, present)
