@@ -5,9 +5,11 @@ W (head-averaged patch attention of the last K blocks) gives two paths:
 * the attention path A_s: learnable head over the K maps → Sinkhorn normalisation;
 * the inverse (high-pass) path A_inv: the same on W_inv = F⁻¹(𝕀 − F(W)).
 
-params.yaml options: ``affinity.inverse`` (``operator`` | ``spatial``), ``affinity.square``
-(square the symmetrised affinity before propagation, default on), ``frequency.ratio``
-(box of the ``spatial`` inverse).
+params.yaml options: ``affinity.inverse`` (``spatial`` | ``operator``), ``affinity.renorm_rows``
+(renormalise attention rows after dropping CLS), ``affinity.head_init`` (``mean`` |
+``attention`` | ``random``), ``affinity.square`` (square the symmetrised affinity before
+propagation, default on), ``frequency.ratio`` / ``frequency.box_rule`` / ``frequency.box``
+(the low-frequency box of the ``spatial`` inverse, §3, §10).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from .frequency import low_pass
 
 __all__ = [
+    "renormalize_rows",
     "inverse_attention",
     "spectral_inverse_literal",
     "AffinityHead",
@@ -27,6 +30,7 @@ __all__ = [
     "symmetrize",
     "square",
     "propagate",
+    "feature_affinity",
 ]
 
 
@@ -35,22 +39,36 @@ def _eye_like(w: torch.Tensor) -> torch.Tensor:
     return torch.eye(n, dtype=w.dtype, device=w.device)
 
 
-def inverse_attention(w: torch.Tensor, mode: str = "operator", ratio: float = 0.25,
-                      grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+def renormalize_rows(w: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Rows of patch-to-patch attention rescaled to sum 1 after the CLS column was dropped. method.md §1 (v2).
+
+    Args:
+        w: (..., N, N) attention without the CLS row and column.
+    Returns:
+        (..., N, N), each row summing to 1.
+    """
+    return w / w.sum(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def inverse_attention(w: torch.Tensor, mode: str = "spatial", ratio: float = 0.25,
+                      grid: Optional[Tuple[int, int]] = None, rule: str = "odd",
+                      width: Optional[int] = None) -> torch.Tensor:
     """Inverse (high-pass) attention W_inv. method.md §2.
 
-    * ``operator`` (default): ``W_inv = F⁻¹(𝕀 − F(W)) = I − W``. The all-pass response is the
-      identity operator, so by linearity of the FFT the spectral inversion is the
-      random-walk Laplacian I − W (zero DC gain for row-stochastic W). Computed directly;
-      :func:`spectral_inverse_literal` is the FFT route kept to test the identity.
-    * ``spatial``: each query row is a map over the token grid (h, w); keep what lies
-      outside the centred low-frequency box of ``ratio`` (the box of
-      :func:`dfa.frequency.low_pass_mask`): ``row − real(ifft2(mask · fft2(row)))``.
+    * ``spatial`` (v2 default): each query's attention over the keys is a map on the token
+      grid (h, w); keep what lies outside the low-frequency box of §3/§10 (odd and
+      symmetric): ``row − real(ifft2(mask · fft2(row)))``. It keeps where attention changes
+      across the grid (boundaries) and removes the smooth part. Applied per layer.
+    * ``operator`` (v1): ``W_inv = F⁻¹(𝕀 − F(W)) = I − W``. The all-pass response is the
+      identity operator, so by linearity of the FFT the spectral inversion is I − W.
+      Off the diagonal this is −W, so a per-entry head sees nothing A_s does not
+      (kept as an ablation). :func:`spectral_inverse_literal` is the FFT route.
 
     Args:
         w: (..., N, N) attention (rows are queries).
-        mode: ``operator`` | ``spatial`` (params.yaml ``affinity.inverse``).
-        ratio: ρ of the low-frequency box (``spatial`` only).
+        mode: ``spatial`` | ``operator`` (params.yaml ``affinity.inverse``).
+        ratio, rule, width: the low-frequency box (``spatial`` only; see
+            :func:`dfa.frequency.box_width`).
         grid: (h, w) with h*w = N (required for ``spatial``).
     Returns:
         (..., N, N) tensor of w's dtype.
@@ -67,7 +85,7 @@ def inverse_attention(w: torch.Tensor, mode: str = "operator", ratio: float = 0.
         if h * gw != n:
             raise ValueError(f"grid {grid} has {h * gw} cells but the attention has N={n}")
         maps = w.reshape(*w.shape[:-1], h, gw)           # (..., N, h, w): one map per query
-        return (maps - low_pass(maps, ratio)).reshape(w.shape)
+        return (maps - low_pass(maps, ratio, rule, width)).reshape(w.shape)
     raise ValueError(f"inverse_attention mode must be 'operator' or 'spatial', got {mode!r}")
 
 
@@ -108,24 +126,30 @@ class AffinityHead(nn.Module):
         self.fc2 = nn.Conv2d(hidden, 1, kernel_size=1)
 
     @torch.no_grad()
-    def init_as_attention(self, bias: float = -4.0) -> "AffinityHead":
-        """Start as ``sigmoid(mean_k x_k + bias)`` (params.yaml ``affinity.head_init: attention``).
+    def init_mean(self, scale: float = 1.0, bias: float = -4.0) -> "AffinityHead":
+        """Start as ``sigmoid(scale · mean_k x_k + bias)``, a monotone map of the layer mean
+        of the input (params.yaml ``affinity.head_init: mean``; ``attention`` is the same for
+        the A_s head only, v1).
 
-        Fed with log-attention, the untrained head then reproduces the (geometric-mean)
-        attention affinity of row 0 instead of a near-constant map, so training starts
-        from the anchors' affinity. Uses GELU(z) − GELU(−z) = z on two hidden units; the
-        other units start with zero output weight and learn from there.
+        Uses GELU(z) − GELU(−z) = z on two hidden units, so the map is exact; the other
+        units start with small weights and zero output weight and learn from there.
+        Fed with log-attention (scale 1, bias −4: sigmoid ≈ exp), the A_s head reproduces
+        the geometric layer mean of the attention, not a near-constant map.
         """
         k = self.in_layers
         self.fc1.weight.mul_(0.1)
-        self.fc1.weight[0].fill_(1.0 / k)
-        self.fc1.weight[1].fill_(-1.0 / k)
+        self.fc1.weight[0].fill_(scale / k)
+        self.fc1.weight[1].fill_(-scale / k)
         self.fc1.bias[:2] = 0.0
         self.fc2.weight.zero_()
         self.fc2.weight[0, 0] = 1.0
         self.fc2.weight[0, 1] = -1.0
         self.fc2.bias.fill_(bias)
         return self
+
+    def init_as_attention(self, bias: float = -4.0) -> "AffinityHead":
+        """v1's name for :meth:`init_mean` with scale 1 (the A_s head on log-attention)."""
+        return self.init_mean(1.0, bias)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         if maps.dim() != 4 or maps.shape[1] != self.in_layers:
@@ -180,3 +204,21 @@ def propagate(aff: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
         (B, N, C).
     """
     return aff @ cam
+
+
+def feature_affinity(tokens: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Affinity from token features: the ``features`` reference row of the ablation (issue 10).
+
+    Cosine matrix of the L2-normalised tokens, centred by subtracting its mean over all N²
+    entries, then a row softmax at ``temperature``. Feed it to
+    :func:`dfa.refine.product_affinity` (Sinkhorn, squared) to propagate a CAM.
+
+    Args:
+        tokens: (B, N, D) patch tokens (e.g. the frozen CLIP's last block).
+    Returns:
+        (B, N, N) rows summing to 1.
+    """
+    t = F.normalize(tokens.float(), dim=-1)
+    cos = t @ t.transpose(-1, -2)
+    cos = cos - cos.mean(dim=(-2, -1), keepdim=True)
+    return torch.softmax(cos / temperature, dim=-1)

@@ -23,7 +23,7 @@ COMMANDS = {
     "pseudo": ("dfa.stages.pseudo", "seeds and pseudo masks on the seed split"),
     "evaluate": ("dfa.stages.evaluate", "segmentation mIoU with multi-scale, flip and DenseCRF"),
     "search": ("dfa.stages.search", "an Optuna study over a search space in experiments/"),
-    "ablation": ("dfa.stages.ablation", "run ablation rows 0-4 and render reports/ablation.md"),
+    "ablation": ("dfa.stages.ablation", "the ablation table: rows 0-4, references and ceilings over seeds"),
     "bench": ("dfa.stages.bench", "speed benchmarks against peers, written to reports/bench.json"),
 }
 
@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--n-trials", type=int, default=10)
         if name == "ablation":
             p.add_argument("--rows", default="0,1,2,3,4", help="comma-separated rows")
+            p.add_argument("--seeds", default=None, help="comma-separated seeds (default ablation.seeds)")
+            p.add_argument("--ceilings", default=None,
+                           help="comma-separated ceiling rows: teacher,labels,areas,grid (default all; '' none)")
+            p.add_argument("--name", default=None,
+                           help="report name: reports/NAME.{md,csv}, reports/figures/NAME.png (default ablation)")
+            p.add_argument("--no-references", action="store_true",
+                           help="leave out the raw-CAM and features reference rows")
         if name == "bench":
             p.add_argument("--only", default=None,
                            help="comma-separated sections (sinkhorn,train_step,crf,gpu; default all)")

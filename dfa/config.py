@@ -32,6 +32,9 @@ class ConfigError(ValueError):
     """A bad key, type or value in params or overrides; the message names the key."""
 
 
+CEILINGS = ("none", "teacher", "labels", "areas", "grid")
+
+
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
@@ -42,9 +45,11 @@ class SyntheticConfig:
     seed: int = 0
     num_train_aug: int = 3000
     num_train: int = 300
+    num_tune: int = 300
     num_val: int = 300
     num_pretrain: int = 4000
     size_range: list[int] = field(default_factory=lambda: [64, 112])
+    variant: str = "base"   # base | alt: the second benchmark (other classes, shapes, sizes; issue 11)
 
 
 @dataclass
@@ -56,6 +61,7 @@ class DataConfig:
     download: bool = False
     train_split: str = "train_aug"
     seed_split: str = "train"
+    tune_split: str = "tune"     # method.md §12: defaults and calibrations are chosen here only
     eval_split: str = "val"
     crop_size: int = 64
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
@@ -68,6 +74,7 @@ class DataConfig:
 
     def check(self) -> None:
         _choice("data.name", self.name, ("synthetic", "voc", "coco", "custom"))
+        _choice("data.synthetic.variant", self.synthetic.variant, ("base", "alt"))
         _positive("data.crop_size", self.crop_size)
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise ConfigError(f"data.scale_range: need [low, high] with 0 < low <= high, got {self.scale_range}")
@@ -146,87 +153,129 @@ class CacheConfig:
 
 
 @dataclass
+class CamConfig:
+    """The raw CAM's columns (method.md §1): ``background`` = residual | prompts | prompt_minmax."""
+    background: str = "residual"
+
+    def check(self) -> None:
+        _choice("cam.background", self.background, ("residual", "prompts", "prompt_minmax"))
+
+
+@dataclass
 class AffinityConfig:
-    """Dual-path affinity (method.md §2). ``inverse``: operator | spatial."""
-    inverse: str = "operator"
+    """Dual-path affinity (method.md §2). ``inverse``: spatial (v2) | operator (v1)."""
+    inverse: str = "spatial"
     hidden: int = 32
-    # What the A_s head sees and how it starts. ``attention``: log(N·W) in, initialised to
-    # reproduce the attention affinity (AffinityHead.init_as_attention); ``random``: N·W in,
-    # default PyTorch init (an untrained head then gives a near-constant affinity).
-    head_init: str = "attention"
+    # How the heads start. ``mean`` (v2): each head is a monotone map of the layer mean of its
+    # input (A_s: log(N·W), the geometric layer mean of the attention; A_inv: N·W_inv), so
+    # row 1 uses a meaningful untrained high-pass affinity. ``attention`` (v1): A_s only.
+    # ``random``: PyTorch's default (an untrained head is then a near-constant map).
+    head_init: str = "mean"
+    renorm_rows: bool = True  # §1 v2: attention rows sum to 1 again after dropping CLS (v1: false)
     sinkhorn_rounds: int = 3
     square: bool = True
 
     def check(self) -> None:
         _choice("affinity.inverse", self.inverse, ("operator", "spatial"))
-        _choice("affinity.head_init", self.head_init, ("attention", "random"))
+        _choice("affinity.head_init", self.head_init, ("mean", "attention", "random"))
         _positive("affinity.hidden", self.hidden)
         _positive("affinity.sinkhorn_rounds", self.sinkhorn_rounds)
 
 
 @dataclass
 class FrequencyConfig:
-    """Frequency split and relation maps (method.md §3-4). ``relation``: raw | centred."""
+    """Frequency split and relation maps (method.md §3-4, §10).
+
+    ``box``: ``auto`` (the ``box_rule`` applied to the grid, §10) or an odd width in tokens;
+    ``box_rule``: odd (v2) | v1; ``relation``: softmax (v2) | centred (v1) | raw (paper).
+    """
     ratio: float = 0.25
-    # ``raw`` (the paper's sigmoid(FᵀF)) saturates once the decoder trains: on the embedded
-    # benchmark 100% of S_l entries were > 0.99 after 300 steps, which makes the LFAA target
-    # uniform. method.md §3 says to switch to ExCEL's centred form then; measured default.
-    relation: str = "centred"
+    box: int | str = "auto"
+    box_rule: str = "odd"
+    relation: str = "softmax"
+    temperature: float = 0.1
 
     def check(self) -> None:
         if not 0.0 < self.ratio <= 1.0:
             raise ConfigError(f"frequency.ratio: must lie in (0, 1], got {self.ratio}")
-        _choice("frequency.relation", self.relation, ("raw", "centred"))
+        _auto_or_positive("frequency.box", self.box)
+        _choice("frequency.box_rule", self.box_rule, ("odd", "v1"))
+        _choice("frequency.relation", self.relation, ("softmax", "centred", "raw"))
+        _positive("frequency.temperature", self.temperature)
 
 
 @dataclass
 class LossConfig:
-    """LFAA / HFAR losses and weights (method.md §3, §4, §6)."""
+    """LFAA / HFAR losses and weights (method.md §3, §4, §6, §10).
+
+    ``radius``/``window``: ``auto`` (§10: round(0.4·n), the odd number nearest 0.45·n) or tokens.
+    ``align_mask``: alpha (v2) | alpha_v1 | topk; ``align_form``: renormalized (v2) | printed
+    (v1) | generalized; ``token_labels``: majority (v2) | nearest (v1).
+    """
     lambda_align: float = 0.1
     lambda_rect: float = 0.2
     alpha_init: float = 0.5
     alpha_momentum: float = 0.9
-    radius: int = 8
-    window: int = 9
+    align_mask: str = "alpha"
+    align_keep: float = 0.25
+    align_form: str = "renormalized"
+    align_start: float = 0.2       # fraction of train.steps before L_a and L_r switch on
+    radius: int | str = "auto"
+    window: int | str = "auto"
     hist_cos: float = 0.5
+    token_labels: str = "majority"
+    label_margin: float = 0.1
+    hfar_diagonal: bool = False    # v1 kept the diagonal pairs and S̄_h over all N² pairs
 
     def check(self) -> None:
         _nonneg("loss.lambda_align", self.lambda_align)
         _nonneg("loss.lambda_rect", self.lambda_rect)
         _range("loss.alpha_momentum", self.alpha_momentum, 0.0, 1.0)
         _range("loss.alpha_init", self.alpha_init, 0.0, 1.0)
-        _positive("loss.radius", self.radius)
-        _positive("loss.window", self.window)
+        _choice("loss.align_mask", self.align_mask, ("alpha", "alpha_v1", "topk"))
+        _range("loss.align_keep", self.align_keep, 0.0, 1.0)
+        _choice("loss.align_form", self.align_form, ("renormalized", "printed", "generalized"))
+        _range("loss.align_start", self.align_start, 0.0, 1.0)
+        _auto_or_positive("loss.radius", self.radius)
+        _auto_or_positive("loss.window", self.window)
+        _choice("loss.token_labels", self.token_labels, ("majority", "nearest"))
+        _range("loss.label_margin", self.label_margin, 0.0, 1.0)
 
 
 @dataclass
 class OTConfig:
-    """Frequency-guided CAM generation by optimal transport (method.md §5).
+    """Frequency-guided CAM generation by optimal transport (method.md §5, v2).
 
-    ``score``: fixed | literal; ``marginal``: tempered | literal | area;
-    ``background``: column | residual.
+    ``formulation``: balanced | relaxed | dustbin | reweight; ``prior``: cam_area |
+    softmax_sum | tempered | uniform | decoder | oracle (the ``areas`` ceiling only);
+    ``readout``: posterior | colmax (v1); ``normalize``: class | image; ``score``: fixed |
+    literal. ``reg_m`` is τ_m of the relaxed columns; ``tau`` the ``tempered`` prior's
+    temperature. ``debug`` writes every image's plan column sums next to the pseudo-labels.
     """
     score: str = "fixed"
-    marginal: str = "tempered"
+    formulation: str = "balanced"
+    prior: str = "cam_area"
+    prior_mix: float = 0.2
     tau: float = 0.1
+    reg_m: float = 0.3
+    readout: str = "posterior"
+    normalize: str = "class"
     epsilon: float = 0.1
     max_iters: int = 100
     tol: float = 1e-6
     lambda_l: float = 1.0
     lambda_h: float = 0.1
-    background: str = "column"
-    # How O is scaled to [0, 1] before Sinkhorn: per class over tokens (``class``, default:
-    # the anchors min-max every CAM per class, as S itself is, §1) or over the whole matrix
-    # (``global``). Propagation through a smooth affinity leaves each column nearly constant;
-    # a global scale then erases the within-class contrast the plan should follow.
-    normalize: str = "class"
+    debug: bool = False
 
     def check(self) -> None:
         _choice("ot.score", self.score, ("fixed", "literal"))
-        _choice("ot.normalize", self.normalize, ("class", "global"))
-        _choice("ot.marginal", self.marginal, ("tempered", "literal", "area"))
-        _choice("ot.background", self.background, ("column", "residual"))
+        _choice("ot.formulation", self.formulation, ("balanced", "relaxed", "dustbin", "reweight"))
+        _choice("ot.prior", self.prior, ("cam_area", "softmax_sum", "tempered", "uniform", "decoder", "oracle"))
+        _choice("ot.readout", self.readout, ("posterior", "colmax"))
+        _choice("ot.normalize", self.normalize, ("class", "image"))
+        _range("ot.prior_mix", self.prior_mix, 0.0, 1.0)
         _positive("ot.tau", self.tau)
+        _positive("ot.reg_m", self.reg_m)
         _positive("ot.epsilon", self.epsilon)
         _positive("ot.max_iters", self.max_iters)
         _nonneg("ot.lambda_l", self.lambda_l)
@@ -235,8 +284,12 @@ class OTConfig:
 
 @dataclass
 class RefineConfig:
-    """Background score and PAR (method.md §5)."""
+    """Background score and PAR (method.md §5). ``bg_power`` is the exponent of the background
+    channel; ``bg_grid`` the values ``dfa pseudo`` and the ablation choose it from on the
+    ``tune`` split for every row (§5, §12) when ``calibrate`` is on."""
     bg_power: float = 1.0
+    calibrate: bool = True
+    bg_grid: list[float] = field(default_factory=lambda: [0.1, 0.15, 0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 3.0, 4.0])
     par_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12, 24])
     par_iters: int = 20
     # PAR on the image resized by this factor, the result resized back: the anchors' default
@@ -245,6 +298,8 @@ class RefineConfig:
 
     def check(self) -> None:
         _positive("refine.bg_power", self.bg_power)
+        if not self.bg_grid or any(not v > 0 for v in self.bg_grid):
+            raise ConfigError(f"refine.bg_grid: need positive values, got {self.bg_grid}")
         if not 0 < self.par_scale <= 1:
             raise ConfigError(f"refine.par_scale: must lie in (0, 1], got {self.par_scale!r}")
 
@@ -318,6 +373,9 @@ class AblationConfig:
     """Ablation rows of method.md §7 and the toggles behind them.
 
     ``row`` (0-4) sets the toggles; ``null`` keeps the individual toggles as given.
+    ``ceiling`` (§11): none | teacher (LFAA's S_l from ground truth) | labels (HFAR's Y from
+    ground truth) | areas (OT's prior = ground-truth areas) | grid (the ground truth's
+    majority per token, upsampled and refined by PAR). ``seeds``: the seeds of every table cell (§12).
     """
     row: int | None = 4
     learned_s: bool = True      # A_s from the trained MLP head (LFAA) instead of raw attention
@@ -325,6 +383,8 @@ class AblationConfig:
     align: bool = True          # L_a (LFAA) on
     rectify: bool = True        # L_r (HFAR) on
     combination: str = "ot"     # product = E(⊙) propagation; ot = FG scoring + Sinkhorn OT
+    ceiling: str = "none"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
     ROWS = {
         0: dict(learned_s=False, use_inverse=False, align=False, rectify=False, combination="product"),
@@ -342,6 +402,9 @@ class AblationConfig:
             for k, v in self.ROWS[self.row].items():
                 setattr(self, k, v)
         _choice("ablation.combination", self.combination, ("product", "ot"))
+        _choice("ablation.ceiling", self.ceiling, CEILINGS)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"ablation.seeds: need distinct seeds, got {self.seeds}")
 
     def describe(self) -> tuple[str, str]:
         """(affinity used, combination) as in method.md §7's table."""
@@ -377,6 +440,7 @@ class Config:
     clip: ClipConfig = field(default_factory=ClipConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
     frequency: FrequencyConfig = field(default_factory=FrequencyConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -411,7 +475,9 @@ SMOKE_OVERRIDES = {
     # --smoke: seconds, not minutes (tests and CI); everything else unchanged.
     "data.synthetic.num_train_aug": 48,
     "data.synthetic.num_train": 16,
+    "data.synthetic.num_tune": 12,
     "data.synthetic.num_val": 12,
+    "data.crop_size": 64,
     "data.synthetic.num_pretrain": 64,
     "data.max_seed_images": 16,
     "data.max_eval_images": 8,
@@ -437,6 +503,8 @@ SMOKE_OVERRIDES = {
     "search.train_steps": 6,
     "search.report_every": 3,
     "refine.par_iters": 5,
+    "refine.bg_grid": [0.5, 1.0, 2.0],
+    "ablation.seeds": [0, 1],
 }
 
 
@@ -594,6 +662,13 @@ def _positive(key: str, value: float) -> None:
 def _nonneg(key: str, value: float) -> None:
     if not value >= 0:
         raise ConfigError(f"{key}: must be >= 0, got {value}")
+
+
+def _auto_or_positive(key: str, value: Any) -> None:
+    if value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}: must be auto or a positive integer (tokens), got {value!r}")
 
 
 def _range(key: str, value: float, lo: float, hi: float) -> None:

@@ -4,11 +4,12 @@ Layout under ``cache.dir``::
 
     index.json                 fingerprint, shapes, the shard list (written last, atomically)
     shard_00000/tokens.npy     (V, L, N, D) float16   decoder input tokens
-    shard_00000/attn.npy       (V, K, N, N) float16   last-K attention
-    shard_00000/sim.npy        (V, N, C)   float16   S
-    shard_00000/sim_bg.npy     (V, N)      float16
+    shard_00000/attn.npy       (V, K, N, N) float16   last-K attention (CLS dropped)
+    shard_00000/cos.npy        (V, N, C)   float16   raw token-class cosines
+    shard_00000/cos_bg.npy     (V, N, P)   float16   raw token-prompt cosines (P background prompts)
     shard_00000/image.npy      (V, H, W, 3) uint8    the view's pixels (for PAR)
     shard_00000/label.npy      (V, C)      uint8     image-level labels
+    shard_00000/mask.npy       (V, H, W)   uint8     the view's ground truth (ceiling rows only, §11)
     shard_00000/names.json
 
 A view is an image resized to the crop (and its horizontal flip when ``cache.flip``).
@@ -30,7 +31,8 @@ import torch
 
 from dfa.io import write_json
 
-ARRAYS = ("tokens", "attn", "sim", "sim_bg", "image", "label")
+ARRAYS = ("tokens", "attn", "cos", "cos_bg", "image", "label", "mask")
+FORMAT = 2  # 1: min-maxed S and one background score; 2: raw cosines + the view's mask
 
 
 def file_digest(path: str | Path | None) -> str:

@@ -47,10 +47,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save`` atomically, byte-reproducible: torch names the archive's records after
+    the file, so saving straight to the (random) temporary name would make equal contents
+    differ in bytes; serialised in memory, the records are always named ``archive``."""
+    import io
+
     import torch
 
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buf.getvalue())
 
 
 def save_image(path: str | os.PathLike, image: Any, **kwargs: Any) -> None:

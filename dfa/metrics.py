@@ -5,7 +5,7 @@ from typing import Tuple
 
 import torch
 
-__all__ = ["confusion_matrix", "miou"]
+__all__ = ["confusion_matrix", "miou", "error_shares"]
 
 
 def confusion_matrix(pred, target, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
@@ -63,3 +63,24 @@ def miou(conf: torch.Tensor) -> Tuple[float, torch.Tensor]:
     present = ~torch.isnan(iou)
     mean = float(iou[present].mean()) if bool(present.any()) else float("nan")
     return mean, iou
+
+
+def error_shares(conf: torch.Tensor) -> dict[str, float]:
+    """Where a label map's errors are, from a confusion matrix (rows = target). method.md §12.
+
+    * ``missed_fg``: foreground pixels labelled background, % of foreground pixels;
+    * ``wrong_class``: foreground pixels given another foreground class, % of foreground;
+    * ``spill_bg``: background pixels labelled foreground, % of background pixels.
+
+    Class 0 is the background. A share with no pixels to count is NaN.
+    """
+    conf = torch.as_tensor(conf).to(torch.float64)
+    fg = conf[1:].sum()
+    bg = conf[0].sum()
+    missed = conf[1:, 0].sum()
+    wrong = conf[1:, 1:].sum() - conf[1:, 1:].diagonal().sum()
+    spill = conf[0, 1:].sum()
+    nan = float("nan")
+    return {"missed_fg": 100 * float(missed / fg) if fg > 0 else nan,
+            "wrong_class": 100 * float(wrong / fg) if fg > 0 else nan,
+            "spill_bg": 100 * float(spill / bg) if bg > 0 else nan}

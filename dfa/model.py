@@ -2,7 +2,9 @@
 
 Only the heads (method.md §2) and the decoder (§6) train; the CLIP features arrive as
 tensors (from the cache or the frozen encoder online). ``refine`` implements ablation
-rows 0-4 (§7) by one code path whose switches are ``AblationConfig``'s toggles.
+rows 0-4 (§7) by one code path whose switches are ``AblationConfig``'s toggles; the
+ceiling rows of §11 replace one input by ground truth. Sizes given as ``auto`` in params
+are resolved on the token grid by the rules of §10 (:meth:`DFA.sizes`).
 """
 from __future__ import annotations
 
@@ -12,13 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfa.backbone.clip import minmax_tokens
-from dfa.affinity import AffinityHead, inverse_attention, sinkhorn_normalize, square, symmetrize
+from dfa.affinity import AffinityHead, inverse_attention, renormalize_rows, sinkhorn_normalize, square, symmetrize
+from dfa.cam import class_scores, minmax_tokens
 from dfa.config import Config, bf16_autocast
-from dfa.frequency import relation, split_frequencies
-from dfa.losses import alignment_loss, balanced_seg_loss, hfar_pairs, rectification_loss, update_alpha
-from dfa.ot import column_marginal, ot_refine, scoring_matrix
-from dfa.refine import PAR, cams_to_label, product_refine
+from dfa.frequency import box_width, relation, split_frequencies
+from dfa.losses import (alignment_loss, balanced_seg_loss, grid_radius, grid_window, hfar_pairs,
+                        rectification_loss, selective_mask, token_labels, update_alpha)
+from dfa.ot import normalize_scores, prior, readout, reweight_scores, scoring_matrix, transport
+from dfa.refine import PAR, product_affinity
 
 
 class Decoder(nn.Module):
@@ -61,11 +64,47 @@ class Affinities:
 
 
 @dataclass
+class TokenScores:
+    """Scores on the token grid before upsampling: ``fg`` (B, N, C); ``bg`` (B, N) or None
+    (then the background is ``1 − max fg`` after upsampling, the anchors' rule); ``m_r``
+    (B, N, 1 + C) the refined CAM M_r = T / max_i T and ``posterior`` (B, N, 1 + C) the OT
+    posterior N·T, for figures (None outside the OT row); ``column_sums`` of the plan."""
+    fg: torch.Tensor
+    bg: torch.Tensor | None = None
+    m_r: torch.Tensor | None = None
+    posterior: torch.Tensor | None = None
+    column_sums: torch.Tensor | None = None
+
+
+@dataclass
 class Refined:
     """Output of the CAM path for a batch at crop resolution."""
-    scores: torch.Tensor  # (B, 1 + C, H, W) after PAR; channel 0 background
-    labels: torch.Tensor  # (B, H, W) long pseudo-labels (0 = background, c+1 = class c)
-    seed_scores: torch.Tensor  # (B, 1 + C, H, W) before PAR
+    scores: torch.Tensor      # (B, 1 + C, H, W) after PAR; channel 0 background, absent classes -1
+    labels: torch.Tensor      # (B, H, W) long pseudo-labels (0 = background, c+1 = class c)
+    tokens: TokenScores       # the token-level scores behind them
+    bg_up: torch.Tensor       # (B, 1, H, W) background before the power and PAR
+    fg_up: torch.Tensor       # (B, C, H, W) class scores before PAR (absent classes 0)
+
+
+def decoder_areas(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Class areas (B, 1 + C) the decoder predicts: softmax over background + present classes,
+    averaged over the tokens (``ot.prior: decoder``, method.md §5)."""
+    masked = logits.float().masked_fill(~valid.bool()[:, :, None, None], float("-inf"))
+    return masked.softmax(dim=1).mean(dim=(-2, -1))
+
+
+def gt_areas(mask: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """Ground-truth class areas (B, num_classes) of label maps (B, H, W), ignore excluded (§11 ``areas``)."""
+    onehot = F.one_hot(mask.long().clamp(0, num_classes), num_classes + 1)[..., :num_classes].float()
+    counts = onehot.flatten(1, 2).sum(1)
+    return counts / counts.sum(-1, keepdim=True).clamp_min(1)
+
+
+def same_class(labels: torch.Tensor, ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N) token labels → (1 for same label, 0 otherwise) (B, N, N) and the valid pairs."""
+    same = (labels[:, :, None] == labels[:, None, :]).float()
+    ok = labels != ignore_index
+    return same, ok[:, :, None] & ok[:, None, :]
 
 
 class DFA(nn.Module):
@@ -74,126 +113,235 @@ class DFA(nn.Module):
     def __init__(self, cfg: Config, num_blocks: int, in_dim: int, num_classes: int):
         super().__init__()
         self.cfg = cfg
+        self.num_classes = num_classes
         k = cfg.clip.last_k
         self.head_s = AffinityHead(k, cfg.affinity.hidden)
-        if cfg.affinity.head_init == "attention":
-            self.head_s.init_as_attention()
         self.head_inv = AffinityHead(k, cfg.affinity.hidden)
+        if cfg.affinity.head_init in ("mean", "attention"):
+            self.head_s.init_mean(1.0, -4.0)         # log-attention in: geometric layer mean
+        if cfg.affinity.head_init == "mean":
+            self.head_inv.init_mean(1.0, 0.0)        # N·(high-passed attention) in: sigmoid of its layer mean
         d = cfg.decoder
         self.decoder = Decoder(num_blocks, in_dim, num_classes, d.width, d.layers, d.heads, d.dropout)
         self.par = PAR(tuple(cfg.refine.par_dilations), cfg.refine.par_iters)
         self.register_buffer("alpha", torch.tensor(cfg.loss.alpha_init))
 
+    # ----------------------------------------------------------------- §10 sizes
+    def sizes(self, grid: tuple[int, int]) -> dict[str, tuple[int, int]]:
+        """Per-axis sizes on this grid: ``auto`` → the §10 rule, a number in tokens wins."""
+        lc, fc = self.cfg.loss, self.cfg.frequency
+
+        def axis(value, rule):
+            return tuple(rule(n) if value == "auto" else int(value) for n in grid)
+        box = tuple(box_width(n, fc.ratio, fc.box_rule, None if fc.box == "auto" else int(fc.box)) for n in grid)
+        return {"radius": axis(lc.radius, grid_radius), "window": axis(lc.window, grid_window), "box": box}
+
+    def _box(self, grid: tuple[int, int]) -> dict:
+        fc = self.cfg.frequency
+        return {"ratio": fc.ratio, "rule": fc.box_rule, "width": None if fc.box == "auto" else int(fc.box)}
+
     # ----------------------------------------------------------------- §2 affinities
     def affinities(self, attn: torch.Tensor, grid: tuple[int, int], trained: bool = True) -> Affinities:
-        """attn (B, K, N, N) head-mean attention of the last K blocks.
+        """attn (B, K, N, N) head-mean attention of the last K blocks, CLS dropped.
 
-        The heads see attention rescaled so its mean entry is 1 at any N (raw softmax
-        values shrink as 1/N): the A_s head log(N·W) when ``affinity.head_init=attention``
-        (it then starts as the attention affinity), else N·W; the inverse head N·(I − W).
-        ``trained=False`` gives the untrained attention affinity A_s = Norm(mean_K W) of row 0.
+        Rows are renormalised to sum 1 first (``affinity.renorm_rows``, §1 v2). The heads see
+        attention rescaled so its mean entry is 1 at any N: the A_s head log(N·W) with
+        ``head_init`` ``mean``/``attention`` (it then starts as the geometric layer mean of
+        the attention), else N·W; the inverse head N·W_inv. ``trained=False`` or an
+        untrained-A_s row gives A_s = Norm(mean_K W), the anchors' attention affinity.
         """
-        a = self.cfg.affinity
-        ab = self.cfg.ablation
+        a, ab = self.cfg.affinity, self.cfg.ablation
         n = attn.shape[-1]
         attn = attn.float()
+        if a.renorm_rows:
+            attn = renormalize_rows(attn)
         if trained and ab.learned_s:
-            x = torch.log((attn * n).clamp_min(1e-4)) if a.head_init == "attention" else attn * n
+            x = torch.log((attn * n).clamp_min(1e-4)) if a.head_init in ("mean", "attention") else attn * n
             s_raw = symmetrize(self.head_s(x))
         else:
             s_raw = attn.mean(1)
         inv_raw = inv = None
         if ab.use_inverse:
-            w_inv = inverse_attention(attn, mode=a.inverse, ratio=self.cfg.frequency.ratio, grid=grid)
+            w_inv = inverse_attention(attn, mode=a.inverse, grid=grid, **self._box(grid))
             inv_raw = symmetrize(self.head_inv(w_inv * n))
             inv = sinkhorn_normalize(inv_raw, a.sinkhorn_rounds)
         return Affinities(s_raw, sinkhorn_normalize(s_raw, a.sinkhorn_rounds), inv_raw, inv)
 
+    # ----------------------------------------------------------------- §1 class scores
+    def class_scores(self, cos: torch.Tensor, cos_bg: torch.Tensor, present: torch.Tensor,
+                     logit_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ŝ = [s_bg | S] (B, N, 1 + C) and its valid columns (B, 1 + C) (``cam.background``)."""
+        return class_scores(cos, cos_bg, present, self.cfg.cam.background, logit_scale)
+
     # ----------------------------------------------------------------- §5/§7 CAM path
     @torch.no_grad()
-    def refine(self, aff: Affinities, sim: torch.Tensor, sim_bg: torch.Tensor, present: torch.Tensor,
-               image: torch.Tensor, grid: tuple[int, int]) -> Refined:
-        """Refined CAMs and pseudo-labels (rows 0-4 of method.md §7).
-
-        sim (B, N, C) min-max normalised patch-text similarity S, sim_bg (B, N) background
-        prompt similarity (max over prompts, normalised), present (B, C) bool image labels,
-        image (B, 3, H, W) normalised RGB for PAR (the output's size), grid (h, w) of the N tokens.
-        Background = (1 − max_c M_r)^p after upsampling (method.md §5), for every row.
-        """
-        cfg, ab = self.cfg, self.cfg.ablation
-        cam = sim * present[:, None, :]
-        if ab.combination == "product":
+    def token_scores(self, aff: Affinities | None, s_hat: torch.Tensor, valid: torch.Tensor,
+                     areas: torch.Tensor | None = None, prior_kind: str | None = None) -> TokenScores:
+        """Refined token scores of the configured row (rows 0-4, method.md §7); ``aff=None``
+        gives the raw CAM. ``areas`` (B, 1 + C): the decoder's or the ground truth's, for
+        ``ot.prior`` ``decoder`` / ``oracle``; ``prior_kind`` overrides ``ot.prior``."""
+        cfg = self.cfg
+        bg_col, fg_col = s_hat[..., 0], s_hat[..., 1:]
+        present = valid[:, 1:]
+        residual = cfg.cam.background == "residual"
+        if aff is None:
+            return TokenScores(fg=fg_col * present[:, None, :], bg=None if residual else bg_col)
+        if cfg.ablation.combination == "product":
             affs = [aff.s_raw] + ([aff.inv_raw] if aff.inv_raw is not None else [])
-            fg = product_refine(affs, cam, rounds=cfg.affinity.sinkhorn_rounds, square=cfg.affinity.square)
-            fg = fg * present[:, None, :]
-        else:
-            a_la = square(aff.s) if cfg.affinity.square else aff.s
-            a_ha = aff.inv if aff.inv is not None else torch.zeros_like(aff.s)
-            if aff.inv is not None and cfg.affinity.square:
-                a_ha = square(a_ha)
-            use_col = cfg.ot.background == "column"
-            s_all = torch.cat([sim_bg[..., None], sim], -1) if use_col else sim
-            valid = torch.cat([torch.ones_like(present[:, :1]), present], -1) if use_col else present
-            score = scoring_matrix(a_la, a_ha, s_all, cfg.ot.score, cfg.ot.lambda_l, cfg.ot.lambda_h)
-            if cfg.ot.normalize == "class":
-                score = minmax_tokens(score)
-            v = column_marginal(s_all, cfg.ot.marginal, cfg.ot.tau, valid)
-            m_r = ot_refine(score, v, cfg.ot.epsilon, cfg.ot.max_iters, cfg.ot.tol)
-            fg = m_r[..., 1:] if use_col else m_r
-        fg = fg.transpose(1, 2).reshape(fg.shape[0], -1, *grid)
-        fg = F.interpolate(fg, size=image.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
-        seed = cams_to_label(fg, present, cfg.refine.bg_power)
-        keep = torch.cat([torch.ones_like(present[:, :1]), present], 1)  # (B, 1 + C): bg + present
-        scores = self._par(image, seed, keep) if cfg.refine.par_iters > 0 else seed
-        scores = scores.masked_fill(~keep[:, :, None, None], -1)
-        return Refined(scores=scores, labels=scores.argmax(1), seed_scores=seed)
+            a = product_affinity(affs, cfg.affinity.sinkhorn_rounds, cfg.affinity.square)
+            fg = minmax_tokens(a @ fg_col) * present[:, None, :]
+            # A prompt background propagates with the classes, without the per-class min-max
+            # (A is about doubly stochastic, so a score in [0, 1] stays there).
+            bg = None if residual else (a @ bg_col[..., None])[..., 0].clamp(0, 1)
+            return TokenScores(fg=fg, bg=bg)
+        o = cfg.ot
+        a_la = square(aff.s) if cfg.affinity.square else aff.s
+        a_ha = aff.inv if aff.inv is not None else torch.zeros_like(aff.s)
+        if aff.inv is not None and cfg.affinity.square:
+            a_ha = square(a_ha)
+        o_hat = normalize_scores(scoring_matrix(a_la, a_ha, s_hat, o.score, o.lambda_l, o.lambda_h), valid, o.normalize)
+        if o.formulation == "reweight":
+            return TokenScores(fg=reweight_scores(o_hat, valid, o.epsilon, o.max_iters, o.tol))
+        b = prior(prior_kind or o.prior, normalize_scores(s_hat, valid, o.normalize), valid, o.prior_mix, o.tau, areas)
+        plan, info = transport(o_hat, b, valid, o.formulation, o.epsilon, o.reg_m, o.max_iters, o.tol,
+                               return_info=True)
+        m_r = readout(plan, valid, "colmax")
+        post = readout(plan, valid, "posterior")
+        if o.readout == "posterior":
+            return TokenScores(fg=post[..., 1:], bg=post[..., 0], m_r=m_r, posterior=post,
+                               column_sums=info["column_sums"])
+        return TokenScores(fg=m_r[..., 1:], bg=None, m_r=m_r, posterior=post, column_sums=info["column_sums"])
 
-    def _par(self, image: torch.Tensor, seed: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def refine(self, aff: Affinities | None, s_hat: torch.Tensor, valid: torch.Tensor, image: torch.Tensor,
+               grid: tuple[int, int], areas: torch.Tensor | None = None, bg_power: float | None = None,
+               tokens: TokenScores | None = None, prior_kind: str | None = None) -> Refined:
+        """Refined CAMs and pseudo-labels at the size of ``image`` (B, 3, H, W) (normalised RGB,
+        for PAR): token scores → bilinear upsampling → background (``refine.bg_power``, or
+        ``bg_power``) → PAR → argmax. ``tokens`` skips the token step (ceilings, raw CAM)."""
+        tok = tokens if tokens is not None else self.token_scores(aff, s_hat, valid, areas, prior_kind)
+        bg_up, fg_up = self.pixel_scores(tok, valid, image.shape[-2:], grid)
+        return self.finish(image, bg_up, fg_up, valid, tok, self.cfg.refine.bg_power if bg_power is None else bg_power)
+
+    @staticmethod
+    def pixel_scores(tok: TokenScores, valid: torch.Tensor, size, grid: tuple[int, int]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token scores upsampled bilinearly to ``size``: background (B, 1, H, W) before its
+        power (``1 − max fg`` when the row has none) and classes (B, C, H, W), absent 0."""
+        def up(x):  # (B, N, C) → (B, C, H, W)
+            x = x.transpose(1, 2).reshape(x.shape[0], -1, *grid)
+            return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False).clamp(0, 1)
+        fg_up = up(tok.fg) * valid[:, 1:, None, None]
+        bg_up = 1.0 - fg_up.amax(dim=1, keepdim=True) if tok.bg is None else up(tok.bg[..., None])
+        return bg_up.clamp_min(0), fg_up
+
+    @torch.no_grad()
+    def finish(self, image: torch.Tensor, bg_up: torch.Tensor, fg_up: torch.Tensor, valid: torch.Tensor,
+               tok: TokenScores | None, bg_power: float) -> Refined:
+        """Background power, PAR on the kept channels, argmax (method.md §5); absent classes -1."""
+        seed = torch.cat([bg_up ** bg_power, fg_up], dim=1)
+        keep = valid.bool()
+        scores = self._par(image, seed, keep) if self.cfg.refine.par_iters > 0 else seed
+        scores = scores.masked_fill(~keep[:, :, None, None], -1)
+        return Refined(scores=scores, labels=scores.argmax(1), tokens=tok, bg_up=bg_up, fg_up=fg_up)
+
+    @torch.no_grad()
+    def finish_powers(self, image: torch.Tensor, bg_up: torch.Tensor, fg_up: torch.Tensor, valid: torch.Tensor,
+                      powers: list[float], weight: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """:meth:`finish`'s scores for several background powers at the cost of about one.
+
+        PAR is linear and acts per channel with weights that depend on the image only, so
+        the class channels are refined once and the background channel once per power
+        (all powers stacked as channels). ``weight``: :meth:`par_weights` of ``image``.
+        Equal to ``finish(..., bg_power=p).scores`` for each p (tested).
+        """
+        keep = valid.bool()
+        n_pow = len(powers)
+        if self.cfg.refine.par_iters > 0:
+            weight = self.par_weights(image) if weight is None else weight
+            stack = torch.cat([bg_up ** p for p in powers] + [fg_up], dim=1)
+            stack_keep = torch.cat([keep[:, :1].expand(-1, n_pow), keep[:, 1:]], dim=1)
+            stack = self._par(image, stack, stack_keep, weight)
+        else:
+            stack = torch.cat([bg_up ** p for p in powers] + [fg_up], dim=1)
+        fg = stack[:, n_pow:]
+        out = []
+        for i in range(n_pow):
+            scores = torch.cat([stack[:, i:i + 1], fg], dim=1)
+            out.append(scores.masked_fill(~keep[:, :, None, None], -1))
+        return out
+
+    def _small(self, image: torch.Tensor) -> torch.Tensor:
+        scale = self.cfg.refine.par_scale
+        size = image.shape[-2:]
+        return image if scale == 1 else F.interpolate(
+            image, size=[max(1, round(s * scale)) for s in size], mode="bilinear", align_corners=False)
+
+    def par_weights(self, image: torch.Tensor) -> torch.Tensor:
+        """PAR's neighbour weights for ``image`` at ``refine.par_scale`` (reusable across calls)."""
+        return self.par.affinity(self._small(image).float())
+
+    def _par(self, image: torch.Tensor, seed: torch.Tensor, keep: torch.Tensor,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
         """PAR (method.md §5) on the kept channels of the whole batch at once.
 
         PAR is per channel and absent classes are masked afterwards, so only background +
-        present classes are refined (4x less work on VOC, 1-3 of 20 classes per image): each
-        image's kept channels are gathered first, padded to the batch's largest count with
-        absent channels (their output is masked by the caller). At ``refine.par_scale`` < 1
-        PAR runs on the resized image and its output is resized back bilinearly, as the
-        anchors' ``down_scale=2``. image (B, 3, H, W), seed/keep (B, 1 + C, H, W)/(B, 1 + C).
+        present classes are refined: each image's kept channels are gathered first, padded
+        to the batch's largest count with absent channels (their output is masked by the
+        caller). At ``refine.par_scale`` < 1 PAR runs on the resized image and its output is
+        resized back bilinearly, as the anchors' ``down_scale=2``.
         """
         size = seed.shape[-2:]
         count = int(keep.sum(1).max())
         order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :count]  # kept first
         index = order[:, :, None, None].expand(-1, -1, *size)
-        scale = self.cfg.refine.par_scale
-        small = image if scale == 1 else F.interpolate(
-            image, size=[max(1, round(s * scale)) for s in size], mode="bilinear", align_corners=False)
-        refined = self.par(small, seed.gather(1, index))              # PAR resizes the masks to `small`
+        small = self._small(image)
+        refined = self.par(small, seed.gather(1, index), weight)      # PAR resizes the masks to `small`
         if refined.shape[-2:] != size:
             refined = F.interpolate(refined, size=size, mode="bilinear", align_corners=False)
         return torch.full_like(seed, -1.0).scatter_(1, index, refined)
 
     # ----------------------------------------------------------------- §3/§4/§6 losses
-    def losses(self, tokens: torch.Tensor, aff: Affinities, labels: torch.Tensor,
-               grid: tuple[int, int], size: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """L_seg, L_a, L_r for a batch; ``labels`` (B, H, W) pseudo-labels (detached)."""
+    def losses(self, logits: torch.Tensor, f_d: torch.Tensor, aff: Affinities, refined: Refined,
+               grid: tuple[int, int], active: bool = True, gt_tokens: torch.Tensor | None = None
+               ) -> dict[str, torch.Tensor]:
+        """L_seg, L_a, L_r for a batch. ``logits``/``f_d`` from :meth:`run_decoder`;
+        ``refined`` the (detached) pseudo-labels; ``active`` is False during the warm-up
+        (``loss.align_start``), when only L_seg trains; ``gt_tokens`` (B, N) ground-truth
+        token labels for the ``teacher`` / ``labels`` ceilings (§11)."""
         cfg, ab, lc = self.cfg, self.cfg.ablation, self.cfg.loss
-        logits, f_d = self.run_decoder(tokens, grid)
-        up = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        labels = refined.labels
+        up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         out = {"seg": balanced_seg_loss(up, labels)}
         zero = up.new_zeros(())
-        f_low, f_high = split_frequencies(f_d.float(), cfg.frequency.ratio)
-        if ab.align:
-            s_l = relation(f_low, cfg.frequency.relation).detach()
-            if self.training:
-                self.alpha.fill_(float(update_alpha(self.alpha, s_l, aff.s.detach(), lc.alpha_momentum)))
-            out["align"] = alignment_loss(s_l, aff.s, self.alpha)
-        else:
-            out["align"] = zero
-        if ab.rectify and aff.inv_raw is not None:
-            s_h = relation(f_high, cfg.frequency.relation).detach()
-            y = F.interpolate(labels[:, None].float(), size=grid, mode="nearest")[:, 0].long()
-            pos, neg = hfar_pairs(s_h, y.flatten(1), grid, lc.radius, lc.window, hist_cos=lc.hist_cos)
-            out["rect"] = rectification_loss(aff.inv_raw, pos, neg)
-        else:
-            out["rect"] = zero
+        out["align"] = out["rect"] = zero
+        ceiling = ab.ceiling
+        if active and (ab.align or ab.rectify):
+            f_low, f_high = split_frequencies(f_d.float(), **self._box(grid))
+            fc = cfg.frequency
+            if ab.align:
+                if ceiling == "teacher":
+                    s_l, ok = same_class(gt_tokens)
+                else:
+                    s_l, ok = relation(f_low, fc.relation, fc.temperature).detach(), None
+                if self.training:
+                    self.alpha.copy_(update_alpha(self.alpha, s_l, aff.s.detach(), lc.alpha_momentum,
+                                                  "alpha_v1" if lc.align_mask == "alpha_v1" else "alpha"))
+                mask = selective_mask(s_l, self.alpha, lc.align_mask, lc.align_keep)
+                if ok is not None:
+                    mask = mask & ok
+                out["align"] = alignment_loss(s_l, aff.s, mask, form=lc.align_form)
+            if ab.rectify and aff.inv_raw is not None:
+                s_h = relation(f_high, fc.relation, fc.temperature).detach()
+                if ceiling == "labels":
+                    y = gt_tokens
+                else:
+                    y = token_labels(labels, grid, self.num_classes, lc.token_labels, refined.scores,
+                                     lc.label_margin)
+                sz = self.sizes(grid)
+                pos, neg = hfar_pairs(s_h, y, grid, sz["radius"], sz["window"], hist_cos=lc.hist_cos,
+                                      num_classes=self.num_classes, include_self=lc.hfar_diagonal)
+                out["rect"] = rectification_loss(aff.inv_raw, pos, neg)
         out["total"] = out["seg"] + lc.lambda_align * out["align"] + lc.lambda_rect * out["rect"]
         return out
 
@@ -213,3 +361,7 @@ class DFA(nn.Module):
         c = self.cfg.train
         heads = list(self.head_s.parameters()) + list(self.head_inv.parameters())
         return [{"params": heads, "lr": c.lr}, {"params": self.decoder.parameters(), "lr": c.lr * c.decoder_lr_mult}]
+
+
+__all__ = ["DFA", "Decoder", "Affinities", "TokenScores", "Refined", "decoder_areas", "gt_areas", "same_class",
+           "minmax_tokens"]

@@ -1,12 +1,23 @@
-"""Frequency-guided CAM generation by entropic optimal transport. method.md §5.
+"""Frequency-guided CAM generation by entropic optimal transport. method.md §5 (v2).
 
-The pieces: a class-dependent scoring matrix O (:func:`scoring_matrix`), a column marginal
-from the image-text similarity (:func:`column_marginal`), a batched Sinkhorn solver
-(:func:`sinkhorn`) and the refinement M_r = T / max_i T (:func:`ot_refine`).
+Tokens are assigned to the columns ``[background | present classes]`` by a plan scored with
+both affinities:
 
-params.yaml options: ``ot.score`` (``fixed`` | ``literal``), ``ot.lambda_l`` (1.0),
-``ot.lambda_h`` (0.1), ``ot.marginal`` (``tempered`` | ``literal`` | ``area``), ``ot.tau``
-(0.1), ``ot.epsilon`` (0.1), ``ot.max_iters`` (100), ``ot.tol`` (1e-6).
+* :func:`scoring_matrix` — O (``ot.score``: ``fixed`` | ``literal``);
+* :func:`normalize_scores` — O scaled per column (``class``) or per image (``image``);
+* :func:`prior` — the column prior b (``ot.prior``: ``cam_area`` | ``softmax_sum`` |
+  ``tempered`` | ``uniform`` | ``decoder`` | ``oracle``, mixed by ``ot.prior_mix``);
+* :func:`transport` — the plan T (``ot.formulation``: ``balanced`` | ``relaxed`` |
+  ``dustbin``; ``reweight`` is :func:`reweight_scores`), rows exactly 1/N;
+* :func:`readout` — token scores (``ot.readout``: ``posterior`` P = N·T | ``colmax``
+  M_r = T / max_i T);
+* :func:`sinkhorn` — the batched solver under all of them (balanced, semi-relaxed and
+  free columns are one scaling iteration with a per-column exponent).
+
+params.yaml options: ``ot.score``, ``ot.lambda_l`` (1.0), ``ot.lambda_h`` (0.1),
+``ot.normalize``, ``ot.prior``, ``ot.prior_mix`` (0.2), ``ot.tau`` (0.1, ``tempered``),
+``ot.formulation``, ``ot.reg_m`` (τ_m), ``ot.readout``, ``ot.epsilon`` (0.1),
+``ot.max_iters`` (100), ``ot.tol`` (1e-6).
 """
 from __future__ import annotations
 
@@ -15,7 +26,14 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-__all__ = ["sinkhorn", "scoring_matrix", "column_marginal", "ot_refine"]
+__all__ = ["FORMULATIONS", "PRIORS", "READOUTS", "NORMALIZE", "SCORES", "sinkhorn", "scoring_matrix",
+           "normalize_scores", "prior", "column_exponent", "transport", "readout", "reweight_scores"]
+
+FORMULATIONS = ("balanced", "relaxed", "dustbin", "reweight")
+PRIORS = ("cam_area", "softmax_sum", "tempered", "uniform", "decoder", "oracle")
+READOUTS = ("posterior", "colmax")
+NORMALIZE = ("class", "image")
+SCORES = ("fixed", "literal")
 
 # Largest (row cost range) / ε for which the plain scaling form is used: the kernel
 # exp(−(C − min_row C)/ε) then stays ≥ e^−limit, far from underflow, and the scalings far
@@ -42,7 +60,8 @@ def _check_marginal(name: str, m: torch.Tensor) -> torch.Tensor:
 
 def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon: float,
              max_iters: int = 100, tol: float = 1e-6, log_domain: bool = False,
-             return_info: bool = False, check_every: int = 1
+             return_info: bool = False, check_every: int = 1,
+             col_exponent: Optional[torch.Tensor] = None,
              ) -> Union[torch.Tensor, Tuple[torch.Tensor, Dict[str, float]]]:
     r"""Batched entropic optimal transport (Sinkhorn–Knopp). method.md §5.
 
@@ -56,6 +75,18 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon: floa
     ``ot.sinkhorn(a, b, M, reg)``. The solution is :math:`T = \mathrm{diag}(u) K
     \mathrm{diag}(v)` with :math:`K = e^{-C/\varepsilon}`; the scalings are updated as
     :math:`u = a / K v`, :math:`v = b / K^\top u`.
+
+    **Semi-relaxed columns** (``col_exponent`` φ, method.md §5 ``relaxed``/``dustbin``): rows
+    stay exact and column c is KL-penalised towards :math:`b_c` with strength τ_m,
+
+    .. math::
+        \min_{T \ge 0,\ T\mathbf 1 = a} \langle T, C\rangle - \varepsilon H(T)
+        + \tau_m \mathrm{KL}(T^\top \mathbf 1 \,\|\, b),
+
+    whose column update is :math:`v = (b / K^\top u)^{φ}` with φ = τ_m / (τ_m + ε) — the
+    problem of POT's ``ot.unbalanced.sinkhorn_unbalanced(a, b, M, reg, reg_m=(inf, τ_m),
+    reg_type="entropy")``. φ = 1 is a balanced column, φ = 0 a free one (v ≡ 1, the
+    dustbin). τ_m → 0 gives the row softmax of −C/ε.
 
     Numerics:
 
@@ -92,6 +123,8 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon: floa
         log_domain: force the log-domain solver (see above for the automatic switch).
         return_info: also return ``dict(iters=int, err=float, log_domain=bool)``.
         check_every: check the stopping rule every this many iterations.
+        col_exponent: (..., C) φ per column in [0, 1]; None = all balanced. The stopping
+            rule then counts the row error and the error of the balanced (φ = 1) columns.
     Returns:
         T: (..., N, C) plan in float32 (float64 for float64 input; half inputs are promoted
         to float32). With ``return_info``: ``(T, info)``.
@@ -110,12 +143,21 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon: floa
         raise ValueError(f"sinkhorn: epsilon must be > 0, got {epsilon!r}")
     dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
     cost, a, b = cost.to(dtype), a.to(dtype), b.to(dtype)
-    mass_a, mass_b = _check_marginal("a", a), _check_marginal("b", b)
-    rel = ((mass_a - mass_b).abs() / mass_a.maximum(mass_b)).max()
-    if float(rel) > 1e-4:
-        raise ValueError(f"sinkhorn: marginals a and b have different total mass "
-                         f"(relative gap {float(rel):.3g})")
-    b = b * (mass_a / mass_b)[..., None]          # remove rounding-level mass gaps exactly
+    phi = None if col_exponent is None else col_exponent.to(dtype).expand(b.shape)
+    if phi is not None and bool(((phi < 0) | (phi > 1)).any()):
+        raise ValueError("sinkhorn: col_exponent must lie in [0, 1]")
+    balanced = phi is None or bool((phi == 1).all())
+    mass_a = _check_marginal("a", a)
+    if balanced:
+        mass_b = _check_marginal("b", b)
+        rel = ((mass_a - mass_b).abs() / mass_a.maximum(mass_b)).max()
+        if float(rel) > 1e-4:
+            raise ValueError(f"sinkhorn: marginals a and b have different total mass "
+                             f"(relative gap {float(rel):.3g})")
+        b = b * (mass_a / mass_b)[..., None]      # remove rounding-level mass gaps exactly
+        phi = None
+    elif bool(torch.isnan(b).any()) or bool((b < 0).any()):
+        raise ValueError("sinkhorn: marginal b must be finite and non-negative")
 
     # Row minima (the kernel's row stabilisation); NaN propagates through amin and amax, and
     # ±inf makes a row minimum or a row range non-finite, so non-finite costs are caught below.
@@ -124,14 +166,14 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon: floa
         raise ValueError("sinkhorn: cost contains NaN or inf")
     check_every = max(1, int(check_every))
 
-    def solve(shifted, a_, b_, out=None):
+    def solve(shifted, a_, b_, phi_, out=None):
         """One block of problems: plain or log domain by the block's largest row range / ε."""
         spread = float(shifted.amax()) / epsilon if shifted.numel() else 0.0
         if not math.isfinite(spread):
             raise ValueError("sinkhorn: cost contains NaN or inf")
         use_log = bool(log_domain) or spread > _PLAIN_LIMIT[dtype]
         solver = _sinkhorn_log if use_log else _sinkhorn_plain
-        return (*solver(shifted, a_, b_, epsilon, max_iters, tol, check_every, out), use_log)
+        return (*solver(shifted, a_, b_, epsilon, max_iters, tol, check_every, out, phi_), use_log)
 
     # Cache blocking (CPU): each iteration streams K and Kᵀ once; a batch whose kernels outgrow
     # the cache is re-read from DRAM every iteration. Blocks are independent problems, so the
@@ -140,13 +182,14 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon: floa
     # On the GPU the whole batch is one block.
     flat, fmin = cost.reshape(-1, n, c), row_min.reshape(-1, n, 1)
     fa, fb = a.reshape(-1, n), b.reshape(-1, c)
+    fphi = None if phi is None else phi.reshape(-1, c)
     step = (max(1, _CHUNK_BYTES // max(1, 2 * n * c * flat.element_size())) if cost.device.type == "cpu"
             else max(1, flat.shape[0]))
     plan = torch.empty_like(flat)
     iters, errs, use_log = 0, [], bool(log_domain)
     for i in range(0, flat.shape[0], step):
         j = slice(i, i + step)
-        _, it, e, lg = solve(flat[j] - fmin[j], fa[j], fb[j], out=plan[j])
+        _, it, e, lg = solve(flat[j] - fmin[j], fa[j], fb[j], None if fphi is None else fphi[j], out=plan[j])
         iters, use_log = max(iters, it), use_log or lg
         errs.append(e)
     err = max(errs, default=0.0) if max_iters > 0 else float("nan")   # no iteration: no error
@@ -157,13 +200,16 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon: floa
 
 
 def _marginal_error(row: torch.Tensor, a: torch.Tensor, col: torch.Tensor,
-                    b: torch.Tensor) -> float:
-    """Worst-problem ``‖row − a‖₁ + ‖col − b‖₁``. method.md §5."""
-    err = (row - a).abs().sum(-1) + (col - b).abs().sum(-1)
+                    b: torch.Tensor, phi: Optional[torch.Tensor] = None) -> float:
+    """Worst-problem ``‖row − a‖₁ + ‖col − b‖₁`` (columns with φ < 1 are not constrained). method.md §5."""
+    col_err = (col - b).abs()
+    if phi is not None:
+        col_err = col_err * (phi == 1)
+    err = (row - a).abs().sum(-1) + col_err.sum(-1)
     return float(err.max()) if err.numel() else 0.0
 
 
-def _sinkhorn_plain(cost, a, b, epsilon, max_iters, tol, check_every, out=None):
+def _sinkhorn_plain(cost, a, b, epsilon, max_iters, tol, check_every, out=None, phi=None):
     """Scaling form, K = exp(−cost/ε) with cost row-shifted to min 0. method.md §5.
 
     ``K v`` and ``Kᵀ u`` are computed as row-vector × matrix products ``vᵀ Kᵀ`` and ``uᵀ K``
@@ -190,16 +236,18 @@ def _sinkhorn_plain(cost, a, b, epsilon, max_iters, tol, check_every, out=None):
         u = a / kv.clamp_min(tiny)
         ktu = kt_u(u)
         v = b / ktu.clamp_min(tiny)
+        if phi is not None:
+            v = v.pow(phi)                                    # semi-relaxed / free columns
         kv = k_v(v)
         if tol > 0 and (iters % check_every == 0 or iters == max_iters):
-            if _marginal_error(u * kv, a, v * ktu, b) < tol:
+            if _marginal_error(u * kv, a, v * ktu, b, phi) < tol:
                 break
-    err = _marginal_error(u * kv, a, v * ktu, b) if max_iters > 0 else float("nan")
+    err = _marginal_error(u * kv, a, v * ktu, b, phi) if max_iters > 0 else float("nan")
     plan = torch.mul(kernel, u[..., :, None], out=out)        # T = diag(u) K diag(v), in place
     return plan.mul_(v[..., None, :]), iters, err
 
 
-def _sinkhorn_log(cost, a, b, epsilon, max_iters, tol, check_every, out=None):
+def _sinkhorn_log(cost, a, b, epsilon, max_iters, tol, check_every, out=None, phi=None):
     """Log-domain form on scaled potentials f̃ = f/ε, g̃ = g/ε. method.md §5.
 
     ``f̃ = log a − lse_j(g̃_j − C_ij/ε)``, ``g̃ = log b − lse_i(f̃_i − C_ij/ε)``; zero marginal
@@ -217,11 +265,13 @@ def _sinkhorn_log(cost, a, b, epsilon, max_iters, tol, check_every, out=None):
         f = log_a - lse_row
         lse_col = torch.logsumexp(neg_t + f[..., None, :], dim=-1)
         g = log_b - lse_col
+        if phi is not None:                                   # φ·(log b − lse); φ = 0 gives g = 0
+            g = torch.where(phi > 0, phi * g, torch.zeros_like(g))
         lse_row = torch.logsumexp(neg + g[..., None, :], dim=-1)
         if tol > 0 and (iters % check_every == 0 or iters == max_iters):
-            if _marginal_error((f + lse_row).exp(), a, (g + lse_col).exp(), b) < tol:
+            if _marginal_error((f + lse_row).exp(), a, (g + lse_col).exp(), b, phi) < tol:
                 break
-    err = (_marginal_error((f + lse_row).exp(), a, (g + lse_col).exp(), b)
+    err = (_marginal_error((f + lse_row).exp(), a, (g + lse_col).exp(), b, phi)
            if max_iters > 0 else float("nan"))
     plan = torch.exp(neg + f[..., :, None] + g[..., None, :], out=out)
     return plan, iters, err
@@ -235,21 +285,15 @@ def scoring_matrix(a_la: torch.Tensor, a_ha: torch.Tensor, s: torch.Tensor, mode
                    lambda_l: float = 1.0, lambda_h: float = 0.1) -> torch.Tensor:
     """OT scoring matrix O. method.md §5 (params.yaml ``ot.score``).
 
-    * ``fixed`` (default): ``O = λ_l·A_la S + λ_h·rownorm(A_ha) S``.
-    * ``literal``: the paper's printed form ``O_ic = λ_l·(A_la S)_ic + λ_h·Ā_ha^i`` with
-      ``Ā_ha^i`` = row mean of rownorm(A_ha), broadcast over classes.
-
-    Why ``fixed`` exists: the printed λ_h term has no class index. With fixed row marginals a
-    per-row constant added to the score is absorbed by the row scaling u of Sinkhorn (and by
-    the exact LP as well), so it cannot change the plan: HFAR would be a no-op at CAM
-    generation. (Read with rownorm, the row mean is even the global constant 1/N, removed
-    by the per-image scaling in :func:`ot_refine`.) ``fixed`` gives the term a class index by
-    propagating S through the row-normalised A_ha.
+    * ``fixed`` (default): ``O = λ_l·A_la Ŝ + λ_h·rownorm(A_ha) Ŝ``.
+    * ``literal``: the paper's printed form ``O_ic = λ_l·(A_la Ŝ)_ic + λ_h·Ā_ha^i`` with
+      ``Ā_ha^i`` = row mean of rownorm(A_ha), broadcast over classes. A per-row constant is
+      absorbed by the row scaling of any plan with fixed rows, so HFAR would be a no-op.
 
     Args:
         a_la: (B, N, N) low-frequency aligned affinity.
         a_ha: (B, N, N) high-frequency rectified affinity, ≥ 0.
-        s: (B, N, C) image-text similarity.
+        s: (B, N, C) class scores Ŝ (background column included).
     Returns:
         (B, N, C).
     """
@@ -259,81 +303,167 @@ def scoring_matrix(a_la: torch.Tensor, a_ha: torch.Tensor, s: torch.Tensor, mode
     if mode == "literal":
         row_term = _row_normalize(a_ha).mean(dim=-1, keepdim=True)        # (B, N, 1)
         return low + lambda_h * row_term
-    raise ValueError(f"scoring_matrix mode must be 'fixed' or 'literal', got {mode!r}")
+    raise ValueError(f"scoring_matrix mode must be one of {SCORES}, got {mode!r}")
 
 
-def column_marginal(s: torch.Tensor, mode: str = "tempered", tau: float = 0.1,
-                    valid: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Column (class) marginal v of the OT problem. method.md §5 (params.yaml ``ot.marginal``).
+def normalize_scores(o: torch.Tensor, valid: torch.Tensor, mode: str = "class") -> torch.Tensor:
+    """O scaled to [0, 1] before transport. method.md §5 (``ot.normalize``).
 
-    With ``x_c`` computed from the similarity S over tokens:
+    * ``class`` (default): each valid column min-maxed over the image's tokens. Propagation
+      through a squared, Sinkhorn-normalised affinity leaves each column nearly constant
+      (within-column spread 0.05 of the image's for attention, 0.0007 for v1's A_la); a
+      per-image scale then makes the plan uniform within each column and even ground-truth
+      areas give only 9–30 mIoU (benchmark.md, second probe).
+    * ``image``: one min-max over the image's valid entries (v1's ``global``).
 
-    * ``tempered`` (default): ``v = softmax(mean_i S_ic / τ)`` (params.yaml ``ot.tau``);
-    * ``literal``: ``v = softmax(Σ_i S_ic)`` (nearly one-hot at N = 400);
-    * ``area``: ``v_c = x_c / Σ_c x_c`` with ``x_c = Σ_i S_ic`` (clamped ≥ 0; uniform over the
-      valid columns if all are 0).
-
-    The softmax / normalisation runs over valid columns only; invalid columns get 0. An
-    image without valid columns gets an all-zero row (the solver rejects it).
-
-    Args:
-        s: (B, N, C).
-        valid: (B, C) bool of present columns; all valid if None.
-    Returns:
-        (B, C), sums to 1 over the valid columns.
+    Invalid (absent) columns are 0. Args: o (B, N, C), valid (B, C) bool. Returns (B, N, C).
     """
-    if valid is None:
-        valid = torch.ones(s.shape[:-2] + s.shape[-1:], dtype=torch.bool, device=s.device)
+    valid3 = valid.bool()[:, None, :].expand_as(o)
+    big = torch.finfo(o.dtype).max
+    dims = -2 if mode == "class" else (-2, -1)
+    if mode not in NORMALIZE:
+        raise ValueError(f"normalize mode must be one of {NORMALIZE}, got {mode!r}")
+    lo = torch.where(valid3, o, big).amin(dim=dims, keepdim=True)
+    hi = torch.where(valid3, o, -big).amax(dim=dims, keepdim=True)
+    out = ((o - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
+    return out * valid3
+
+
+def _renormalize(b: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    b = b * valid
+    return b / b.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(b.dtype).tiny)
+
+
+def prior(kind: str, scores: torch.Tensor, valid: torch.Tensor, mix: float = 0.2, tau: float = 0.1,
+          areas: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Column prior b (B, C), summing to 1 over the valid columns. method.md §5 (``ot.prior``).
+
+    * ``cam_area`` (default): the share of tokens whose argmax over the valid columns of
+      ``scores`` (the unrefined [s_bg | S], put through the same scaling as O) is each
+      column, floored at 1/N, mixed with uniform by ``mix`` (``ot.prior_mix``), renormalised.
+      With the identity affinity and ``mix`` 0, balanced OT at ε → 0 then returns exactly
+      this argmax (the argmax assignment meets its own capacities, so it is the LP optimum).
+    * ``softmax_sum``: the paper's literal ``softmax_c(Σ_i Ŝ_ic)`` (nearly one-hot at N = 400).
+    * ``tempered`` (v1): ``softmax_c(mean_i Ŝ_ic / τ)``.
+    * ``uniform``.
+    * ``decoder``: ``areas`` (B, C) predicted by the decoder, floored and mixed as ``cam_area``.
+    * ``oracle``: ``areas`` = ground-truth areas, used as given (a ceiling row, §11).
+
+    Absent columns get 0.
+    """
     valid = valid.bool()
-    if mode in ("tempered", "literal"):
-        x = s.mean(dim=-2) / tau if mode == "tempered" else s.sum(dim=-2)
-        x = x.masked_fill(~valid, float("-inf"))
-        v = torch.softmax(x, dim=-1)
-        return torch.nan_to_num(v, nan=0.0)                     # rows with no valid column
-    if mode == "area":
-        x = s.sum(dim=-2).clamp_min(0) * valid
-        total = x.sum(dim=-1, keepdim=True)
-        uniform = valid.to(x.dtype) / valid.sum(dim=-1, keepdim=True).clamp_min(1)
-        return torch.where(total > 0, x / total.clamp_min(torch.finfo(x.dtype).tiny), uniform)
-    raise ValueError(f"column_marginal mode must be 'tempered', 'literal' or 'area', got {mode!r}")
+    vf = valid.to(scores.dtype)
+    n = scores.shape[-2]
+    uniform = vf / vf.sum(dim=-1, keepdim=True).clamp_min(1)
+    if kind in ("cam_area", "decoder"):
+        if kind == "cam_area":
+            lab = scores.masked_fill(~valid[:, None, :], float("-inf")).argmax(dim=-1)   # (B, N)
+            share = torch.nn.functional.one_hot(lab, scores.shape[-1]).to(scores.dtype).mean(dim=-2)
+        else:
+            if areas is None:
+                raise ValueError("prior 'decoder' needs the decoder's areas")
+            share = areas.to(scores.dtype)
+        share = _renormalize(share.clamp_min(1.0 / n), valid)
+        return _renormalize((1 - mix) * share + mix * uniform, valid)
+    if kind == "softmax_sum":
+        return torch.softmax(scores.sum(dim=-2).masked_fill(~valid, float("-inf")), dim=-1)
+    if kind == "tempered":
+        return torch.softmax((scores.mean(dim=-2) / tau).masked_fill(~valid, float("-inf")), dim=-1)
+    if kind == "uniform":
+        return uniform
+    if kind == "oracle":
+        if areas is None:
+            raise ValueError("prior 'oracle' needs the ground-truth areas")
+        return _renormalize(areas.to(scores.dtype).clamp_min(1e-6), valid)
+    raise ValueError(f"prior must be one of {PRIORS}, got {kind!r}")
+
+
+def column_exponent(formulation: str, valid: torch.Tensor, epsilon: float, reg_m: float) -> torch.Tensor:
+    """φ per column (B, C) for :func:`sinkhorn`. method.md §5 (``ot.formulation``).
+
+    ``balanced`` 1; ``relaxed`` τ_m/(τ_m + ε) everywhere; ``dustbin`` 0 (free mass) for the
+    background column 0 and τ_m/(τ_m + ε) for the classes. With balanced class columns the
+    dustbin plan would equal the balanced one (fixing one column's scaling is only a gauge:
+    rows and class columns exact leave the background column exactly b_bg), so its class
+    columns are relaxed. Invalid columns get 1 (b = 0 keeps them empty).
+    """
+    relaxed = reg_m / (reg_m + epsilon) if math.isfinite(reg_m) else 1.0
+    phi = torch.full(valid.shape, 1.0)
+    if formulation == "relaxed":
+        phi.fill_(relaxed)
+    elif formulation == "dustbin":
+        phi.fill_(relaxed)
+        phi[:, 0] = 0.0
+    elif formulation != "balanced":
+        raise ValueError(f"transport formulation must be balanced, relaxed or dustbin, got {formulation!r}")
+    return torch.where(valid.bool().cpu(), phi, torch.ones_like(phi)).to(valid.device)
 
 
 @torch.no_grad()
-def ot_refine(score: torch.Tensor, col_marginal: torch.Tensor, epsilon: float = 0.1,
-              max_iters: int = 100, tol: float = 1e-6, return_info: bool = False
-              ) -> Union[torch.Tensor, Tuple[torch.Tensor, Dict[str, float]]]:
-    """Refined CAM M_r from the OT plan. method.md §5.
+def transport(o_hat: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, formulation: str = "balanced",
+              epsilon: float = 0.1, reg_m: float = 0.3, max_iters: int = 100, tol: float = 1e-6,
+              return_info: bool = False):
+    """The plan T (B, N, C) of tokens onto columns. method.md §5.
 
-    Per image: Ô = O min-max scaled to [0, 1] over the valid entries (columns with a
-    positive marginal), cost = 1 − Ô (invalid columns get cost 1 and carry no mass), row
-    marginal 1/N, column marginal ``col_marginal`` (renormalised to sum 1), Sinkhorn with ε.
-    ``M_r[i, c] = T[i, c] / max_i T[i, c]``; zero columns stay 0.
-
-    Runs under ``no_grad`` in float32 with autocast disabled, whatever the input dtype.
-
-    Args:
-        score: (B, N, C) scoring matrix O.
-        col_marginal: (B, C) ≥ 0; zeros mark padding / absent classes.
-    Returns:
-        (B, N, C) float32 in [0, 1] (and the solver info with ``return_info``).
+    Cost ``1 − Ô`` (Ô from :func:`normalize_scores`, in [0, 1]; ε is relative to that
+    range), rows exactly 1/N, columns by ``formulation`` towards ``b``. Absent columns carry
+    no mass. Runs in float32 under ``no_grad`` with autocast off. ``info`` adds the column
+    sums (B, C) so a collapse is visible (``ot.debug``).
     """
-    device_type = score.device.type
-    with torch.autocast(device_type=device_type, enabled=False):
-        o = score.float()
-        b = col_marginal.float()
-        valid = (b > 0)[..., None, :].expand_as(o)               # (B, N, C)
-        big = torch.finfo(o.dtype).max
-        lo = torch.where(valid, o, big).amin(dim=(-2, -1), keepdim=True)
-        hi = torch.where(valid, o, -big).amax(dim=(-2, -1), keepdim=True)
-        o_hat = ((o - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
-        cost = torch.where(valid, 1.0 - o_hat, torch.ones_like(o_hat))
+    with torch.autocast(device_type=o_hat.device.type, enabled=False):
+        o = o_hat.float()
+        valid = valid.bool()
+        cost = torch.where(valid[:, None, :], 1.0 - o, torch.ones_like(o))
         n = o.shape[-2]
         a = torch.full(o.shape[:-1], 1.0 / n, dtype=o.dtype, device=o.device)
-        b = b / b.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(o.dtype).tiny)
-        plan, info = sinkhorn(cost, a, b, epsilon, max_iters=max_iters, tol=tol,
-                              return_info=True)
-        m_r = plan / plan.amax(dim=-2, keepdim=True).clamp_min(torch.finfo(o.dtype).tiny)
-        m_r = m_r * valid
-    if return_info:
-        return m_r, info
-    return m_r
+        b = _renormalize(b.float(), valid)
+        phi = None if formulation == "balanced" else column_exponent(formulation, valid, epsilon, reg_m)
+        plan, info = sinkhorn(cost, a, b, epsilon, max_iters=max_iters, tol=tol, return_info=True,
+                              col_exponent=phi)
+    info["column_sums"] = plan.sum(dim=-2)
+    return (plan, info) if return_info else plan
+
+
+def readout(plan: torch.Tensor, valid: torch.Tensor, mode: str = "posterior") -> torch.Tensor:
+    """Token scores (B, N, C) from the plan. method.md §5 (``ot.readout``).
+
+    * ``posterior`` (default): ``P = N·T``, a distribution over the columns per token (rows
+      of T are exactly 1/N).
+    * ``colmax`` (v1): ``M_r = T / max_i T`` per column; the caller replaces the background
+      column by ``1 − max_c M_r`` (the anchors' rule), as v1 did.
+    """
+    valid3 = valid.bool()[:, None, :]
+    if mode == "posterior":
+        return plan * plan.shape[-2] * valid3
+    if mode == "colmax":
+        m = plan / plan.amax(dim=-2, keepdim=True).clamp_min(torch.finfo(plan.dtype).tiny)
+        return m * valid3
+    raise ValueError(f"readout must be one of {READOUTS}, got {mode!r}")
+
+
+@torch.no_grad()
+def reweight_scores(o_hat: torch.Tensor, valid: torch.Tensor, epsilon: float = 0.1, max_iters: int = 100,
+                    tol: float = 1e-6) -> torch.Tensor:
+    """DHR-style reweighting (ECCV'24; ``ot.formulation: reweight``). method.md §5.
+
+    OT over the present classes only (the background column 0 excluded) with equal shares;
+    each class column of ``o_hat`` is multiplied by its plan column min-maxed over tokens.
+    Images with a single present class keep their scores. The caller takes the background
+    as ``1 − max`` of the returned class scores.
+
+    Args:
+        o_hat: (B, N, 1 + C) normalised scores; valid (B, 1 + C).
+    Returns:
+        (B, N, C) class scores in [0, 1].
+    """
+    fg, vfg = o_hat[..., 1:].float(), valid[:, 1:].bool()
+    multi = vfg.sum(dim=-1) > 1
+    if not bool(multi.any()):
+        return fg * vfg[:, None, :]
+    plan = transport(fg[multi], vfg[multi].float(), vfg[multi], "balanced", epsilon, max_iters=max_iters, tol=tol)
+    lo = plan.amin(dim=-2, keepdim=True)
+    hi = plan.amax(dim=-2, keepdim=True)
+    weight = (plan - lo) / (hi - lo).clamp_min(1e-12)
+    out = fg.clone()
+    out[multi] = fg[multi] * weight
+    return out * vfg[:, None, :]

@@ -1,8 +1,8 @@
 """CAM refinement: affinity propagation E(⊙) (§7), PAR and pseudo-labels (§5).
 
-params.yaml options: ``affinity.square`` (square before propagation), ``refine.rounds``
-(Sinkhorn rounds, 3), ``par.dilations``, ``par.iters``, ``par.w_rgb``, ``par.w_pos``,
-``par.renormalize``, ``ot.bg_power`` (exponent of the residual background, 1).
+params.yaml options: ``affinity.square`` (square before propagation),
+``affinity.sinkhorn_rounds`` (3), ``refine.par_dilations``, ``refine.par_iters``,
+``refine.par_scale``, ``refine.bg_power`` (exponent of the background channel, 1).
 """
 from __future__ import annotations
 
@@ -14,30 +14,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .affinity import sinkhorn_normalize
+from .cam import minmax_tokens
 
-__all__ = ["product_refine", "PAR", "cams_to_label", "scores_to_label"]
-
-
-def _minmax_tokens(cam: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Min-max normalise each class over tokens: (B, N, C) → [0, 1]."""
-    lo = cam.amin(dim=-2, keepdim=True)
-    hi = cam.amax(dim=-2, keepdim=True)
-    return (cam - lo) / (hi - lo).clamp_min(eps)
+__all__ = ["product_affinity", "product_refine", "PAR", "cams_to_label", "scores_to_label"]
 
 
-def product_refine(affinities: Sequence[torch.Tensor], cam: torch.Tensor, rounds: int = 3,
-                   square: bool = True) -> torch.Tensor:
-    """The anchors' element-wise refinement E(⊙). method.md §7 (ablation rows 0–3).
+def product_affinity(affinities: Sequence[torch.Tensor], rounds: int = 3, square: bool = True) -> torch.Tensor:
+    """The anchors' propagation affinity of E(⊙). method.md §2, §7.
 
-    ``A = Norm(⊙_k A_k)`` (Sinkhorn normalisation with symmetrisation, §2), optionally
-    ``A ← A @ A`` (params.yaml ``affinity.square``), ``cam_ref = A @ cam``, then each class
-    min-max normalised over the tokens to [0, 1] (a constant class becomes 0).
+    ``A = Norm(⊙_k A_k)`` (Sinkhorn normalisation with symmetrisation), then ``A ← A @ A``
+    when ``square`` (params.yaml ``affinity.square``).
 
     Args:
         affinities: non-empty sequence of (B, N, N) tensors ≥ 0.
-        cam: (B, N, C) token CAM.
     Returns:
-        (B, N, C) in [0, 1].
+        (B, N, N) symmetric.
     """
     if len(affinities) == 0:
         raise ValueError("product_refine needs at least one affinity")
@@ -45,9 +36,23 @@ def product_refine(affinities: Sequence[torch.Tensor], cam: torch.Tensor, rounds
     for aff in affinities[1:]:
         prod = prod * aff
     aff = sinkhorn_normalize(prod, rounds=rounds)
-    if square:
-        aff = aff @ aff
-    return _minmax_tokens(aff @ cam)
+    return aff @ aff if square else aff
+
+
+def product_refine(affinities: Sequence[torch.Tensor], cam: torch.Tensor, rounds: int = 3,
+                   square: bool = True) -> torch.Tensor:
+    """The anchors' element-wise refinement E(⊙). method.md §7 (ablation rows 0–3).
+
+    ``cam_ref = A @ cam`` with A from :func:`product_affinity`, then each class min-max
+    normalised over the tokens to [0, 1] (a constant class becomes 0).
+
+    Args:
+        affinities: non-empty sequence of (B, N, N) tensors ≥ 0.
+        cam: (B, N, C) token CAM.
+    Returns:
+        (B, N, C) in [0, 1].
+    """
+    return minmax_tokens(product_affinity(affinities, rounds, square) @ cam)
 
 
 # 8-neighbour offsets (row, col) of a 3×3 kernel, in the anchors' order; the diagonal ones
@@ -123,15 +128,19 @@ class PAR(nn.Module):
             weight = weight / (1.0 + self.w_pos)
         return weight
 
-    def forward(self, image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, masks: torch.Tensor,
+                weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """PAR of ``masks`` guided by ``image``; ``weight`` = :meth:`affinity` of that image,
+        when already computed (it depends on the image only; PAR is linear in the masks,
+        so the same weights serve any number of channels and calls)."""
         if image.dim() != 4 or masks.dim() != 4 or image.shape[0] != masks.shape[0]:
             raise ValueError(f"PAR expects image (B, 3, H, W) and masks (B, C, H, W), got "
                              f"{tuple(image.shape)} and {tuple(masks.shape)}")
         if masks.shape[-2:] != image.shape[-2:]:
             masks = F.interpolate(masks, size=image.shape[-2:], mode="bilinear",
                                   align_corners=True)
-        image = image.to(masks.dtype if masks.is_floating_point() else torch.float32)
-        weight = self.affinity(image)                                 # (B, K, H, W)
+        if weight is None:
+            weight = self.affinity(image.to(masks.dtype if masks.is_floating_point() else torch.float32))
         for _ in range(self.iters):
             out = torch.zeros_like(masks)
             for j, q in enumerate(self._neighbours(masks)):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dfa.affinity import (AffinityHead, inverse_attention, propagate, sinkhorn_normalize,
-                          spectral_inverse_literal, square, symmetrize)
+                          spectral_inverse_literal, square, symmetrize)  # noqa: F401
 
 
 def _attention(b=2, n=16, seed=0):
@@ -13,7 +13,7 @@ def _attention(b=2, n=16, seed=0):
 
 def test_operator_is_identity_minus_w():
     w = _attention()
-    out = inverse_attention(w)
+    out = inverse_attention(w, mode="operator")
     assert torch.equal(out, torch.eye(16) - w)
     # row-stochastic W: the random-walk Laplacian has zero DC gain
     torch.testing.assert_close(out.sum(-1), torch.zeros(2, 16), atol=1e-6, rtol=0)
@@ -21,7 +21,7 @@ def test_operator_is_identity_minus_w():
 
 def test_operator_equals_spectral_literal():
     w = torch.stack([_attention(3, 36, s) for s in range(2)])      # (2, 3, 36, 36)
-    torch.testing.assert_close(spectral_inverse_literal(w), inverse_attention(w),
+    torch.testing.assert_close(spectral_inverse_literal(w), inverse_attention(w, mode="operator"),
                                atol=1e-5, rtol=0)
 
 
@@ -59,12 +59,81 @@ def test_sinkhorn_normalize_symmetric_doubly_stochastic():
     torch.testing.assert_close(t.sum(-2), torch.ones(3, 30), atol=0.05, rtol=0)
 
 
-def test_symmetrize_square_propagate():
+def test_symmetrize_square_propagate_properties():
     a = torch.rand(2, 5, 5)
-    assert torch.equal(symmetrize(a), 0.5 * (a + a.transpose(1, 2)))
-    torch.testing.assert_close(square(a), a @ a)
-    cam = torch.rand(2, 5, 3)
-    torch.testing.assert_close(propagate(a, cam), torch.bmm(a, cam))
+    sym = symmetrize(a)
+    torch.testing.assert_close(sym, sym.transpose(1, 2))
+    assert torch.equal(symmetrize(sym), sym)                         # idempotent on symmetric input
+    w = _attention(2, 7)                                             # row-stochastic
+    torch.testing.assert_close(square(w).sum(-1), torch.ones(2, 7))  # still row-stochastic
+    const = torch.full((2, 7, 3), 0.4)
+    torch.testing.assert_close(propagate(w, const), const)           # a constant CAM stays constant
+
+
+def test_spatial_high_pass_peaks_on_the_border_of_two_flat_regions():
+    """method.md §2 (v2): every query attends uniformly to its own region (a central block or
+    the rest of the grid); the high-passed map is largest along the regions' border.
+
+    The FFT sees the grid as periodic, so the regions are chosen without a border across
+    the wrap-around (the outer region touches itself there): a split into left and right
+    halves would also respond at the grid's outer columns."""
+    h, w = 8, 8
+    r, c = torch.arange(h * w) // w, torch.arange(h * w) % w
+    inner = (r >= 2) & (r <= 5) & (c >= 2) & (c <= 5)
+    attn = torch.where(inner[:, None] == inner[None, :], 1.0, 0.0)
+    attn = (attn / attn.sum(-1, keepdim=True))[None]                 # (1, 64, 64)
+    out = inverse_attention(attn, mode="spatial", ratio=0.25, grid=(h, w)).abs()[0]
+    grid = inner.reshape(h, w)
+    border = torch.zeros_like(grid)
+    border[1:] |= grid[1:] != grid[:-1]
+    border[:-1] |= grid[:-1] != grid[1:]
+    border[:, 1:] |= grid[:, 1:] != grid[:, :-1]
+    border[:, :-1] |= grid[:, :-1] != grid[:, 1:]
+    border = border.flatten()
+    assert border[out.argmax(-1)].all()                              # every query peaks on the border
+    assert (out[:, border].mean(-1) > 2 * out[:, ~border].mean(-1)).all()
+
+
+def _model(row, **over):
+    from dfa.config import load_config
+    from dfa.model import DFA
+    cfg = load_config(None, [f"ablation.row={row}", "clip.last_k=3", "decoder.width=16", "decoder.layers=1",
+                             "decoder.heads=2", *[f"{k}={v}" for k, v in over.items()]])
+    return DFA(cfg, num_blocks=2, in_dim=8, num_classes=3).eval()
+
+
+def _layer_attention(b=2, k=3, grid=(4, 5), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = grid[0] * grid[1]
+    full = torch.softmax(torch.randn(b, k, n + 1, n + 1, generator=g) * 2, -1)
+    return full[..., 1:, 1:]                                         # CLS dropped: rows sum < 1
+
+
+def test_row0_is_the_untrained_attention_affinity():
+    """head_init mean: row 0 is Norm(mean_K W) of the renormalised attention, exactly (§2, §7)."""
+    attn = _layer_attention()
+    aff = _model(0).affinities(attn, (4, 5))
+    w = attn / attn.sum(-1, keepdim=True)                            # §1 v2: rows renormalised
+    assert torch.equal(aff.s, sinkhorn_normalize(w.mean(1), 3)) and aff.inv is None
+    v1 = _model(0, **{"affinity.renorm_rows": "false"}).affinities(attn, (4, 5))
+    assert not torch.allclose(v1.s, aff.s)                           # the v1 reading differs
+
+
+def test_mean_init_heads_are_monotone_maps_of_the_layer_mean():
+    """head_init mean: A_s head = sigmoid(mean_k log(N·W_k) − 4), inverse head =
+    sigmoid(mean_k N·W_inv,k), exactly; with the default init the inverse head is a
+    near-constant map."""
+    from dfa.affinity import renormalize_rows
+    attn = _layer_attention()
+    n = attn.shape[-1]
+    model = _model(4)
+    aff = model.affinities(attn, (4, 5))
+    w = renormalize_rows(attn)
+    expect_s = symmetrize(torch.sigmoid(torch.log((w * n).clamp_min(1e-4)).mean(1) - 4.0))
+    torch.testing.assert_close(aff.s_raw, expect_s, atol=1e-6, rtol=1e-5)
+    w_inv = inverse_attention(w, mode="spatial", ratio=0.25, grid=(4, 5))
+    expect_inv = symmetrize(torch.sigmoid((w_inv * n).mean(1)))
+    torch.testing.assert_close(aff.inv_raw, expect_inv, atol=1e-6, rtol=1e-5)
 
 
 def test_affinity_head_shape_range_and_grad():

@@ -5,7 +5,8 @@ import open_clip
 import pytest
 import torch
 
-from dfa.backbone.clip import FrozenCLIP, build_tiny, resize_pos_embed, similarity_maps, tiny_config
+from dfa.backbone.clip import FrozenCLIP, build_tiny, cosines, resize_pos_embed, tiny_config
+from dfa.cam import background_score, class_scores, foreground_scores
 from dfa.backbone.dense import DenseExtractor
 from dfa.data.classes import VOC_SPEC
 
@@ -64,12 +65,41 @@ def test_block_outputs_match_open_clip_forward():
     assert torch.allclose(ours, ref[:, 1:], atol=1e-5)
 
 
-def test_similarity_is_minmax_normalised_per_class():
+def test_foreground_scores_are_minmax_normalised_per_present_class():
     dense = torch.randn(2, 10, 16)
     text = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
-    s = similarity_maps(dense, text)
-    assert s.shape == (2, 10, 3)
-    assert torch.allclose(s.amax(1), torch.ones(2, 3)) and torch.allclose(s.amin(1), torch.zeros(2, 3))
+    cos = cosines(dense, text)
+    assert cos.shape == (2, 10, 3) and cos.abs().max() <= 1 + 1e-6
+    present = torch.tensor([[True, False, True], [True, True, True]])
+    s = foreground_scores(cos, present)
+    assert torch.allclose(s.amax(1), present.float()) and torch.allclose(s.amin(1), torch.zeros(2, 3))
+
+
+def test_background_scores():
+    """cam.background (method.md §1): residual = 1 − max S; prompts = the background prompts'
+    share of one joint softmax; prompt_minmax (v1) is high everywhere on a prompt-free image."""
+    g = torch.Generator().manual_seed(0)
+    cos = torch.rand(2, 30, 3, generator=g) * 0.3
+    cos_bg = torch.rand(2, 30, 4, generator=g) * 0.3
+    present = torch.tensor([[True, False, False], [True, True, False]])
+    res = background_score(cos, cos_bg, present, "residual")
+    torch.testing.assert_close(res, 1 - foreground_scores(cos, present).amax(-1))
+    # a token far closer to a background prompt than to any present class gets s_bg ≈ 1
+    cos_bg[0, 0] = 0.9
+    cos[0, 0] = 0.0
+    p = background_score(cos, cos_bg, present, "prompts", 100.0)
+    assert p[0, 0] > 0.999 and ((p >= 0) & (p <= 1)).all()
+    absent_only = cos.clone()
+    absent_only[..., 2] = 1.0                                       # an absent class matching everywhere
+    torch.testing.assert_close(background_score(absent_only, cos_bg, present, "prompts", 100.0), p)
+    # v1: four unrelated prompts, each stretched to [0, 1] → the max is high for most tokens
+    noise = torch.rand(1, 200, 4, generator=g)
+    v1 = background_score(torch.rand(1, 200, 3, generator=g), noise, present[:1], "prompt_minmax")
+    assert v1.mean() > 0.6
+    s_hat, valid = class_scores(cos, cos_bg, present, "residual")
+    assert s_hat.shape == (2, 30, 4) and valid.tolist() == [[True, True, False, False], [True, True, True, False]]
+    with pytest.raises(ValueError):
+        background_score(cos, cos_bg[..., :0], present, "prompts")
 
 
 def test_gradcam_only_for_present_classes():
@@ -77,8 +107,8 @@ def test_gradcam_only_for_present_classes():
     present = torch.zeros(1, 20, dtype=torch.bool)
     present[0, [3, 7]] = True
     f = ext(torch.randn(1, 3, 32, 32), present)
-    assert f.sim.shape == (1, 16, 20) and f.sim_bg.shape == (1, 16)
-    assert torch.all(f.sim[0, :, ~present[0]] == 0)
+    assert f.cos.shape == (1, 16, 20) and f.cos_bg.shape == (1, 16, 25)
+    assert torch.all(f.cos[0, :, ~present[0]] == 0)
 
 
 def test_text_embeddings_with_synonyms_are_normalised():

@@ -14,7 +14,7 @@ import torch
 
 from dfa.config import load_config
 from dfa.model import DFA
-from dfa.ot import ot_refine, sinkhorn
+from dfa.ot import normalize_scores, prior, readout, sinkhorn, transport
 from dfa.refine import PAR
 from dfa.stages.bench import bench_encoder, bench_spec, ot_problems, synthetic_views
 from dfa.stages.train import train_step
@@ -43,14 +43,16 @@ def test_sinkhorn_cuda_matches_cpu():
     assert abs(info_gpu["iters"] - info_cpu["iters"]) <= 5
 
 
-def test_ot_refine_stays_fp32_under_autocast():
+def test_transport_stays_fp32_under_autocast():
     score = torch.rand(4, 64, 5, device=CUDA)
-    marg = torch.tensor([[0.5, 0.5, 0, 0, 0]] * 4, device=CUDA)
+    valid = torch.tensor([[1, 1, 0, 0, 0]] * 4, dtype=torch.bool, device=CUDA)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        m_r = ot_refine(score.bfloat16(), marg)
-    assert m_r.dtype == torch.float32
-    ref = ot_refine(score.bfloat16().float().cpu(), marg.cpu())
-    assert torch.allclose(m_r.cpu(), ref, atol=1e-5)
+        o = normalize_scores(score.bfloat16(), valid, "class")
+        plan = transport(o, prior("uniform", o.float(), valid), valid)
+    assert plan.dtype == torch.float32
+    o_cpu = normalize_scores(score.bfloat16().cpu(), valid.cpu(), "class")
+    ref = transport(o_cpu, prior("uniform", o_cpu.float(), valid.cpu()), valid.cpu())
+    assert torch.allclose(readout(plan, valid).cpu(), readout(ref, valid.cpu()), atol=1e-4)
 
 
 def test_par_cuda_matches_cpu():
@@ -69,14 +71,14 @@ def cached_batch():
     spec = bench_spec()
     images, present = synthetic_views(2, crop, spec.num_fg, "cpu")
     f = DenseExtractor(clip, spec, cfg.clip.templates, "fp32")(images, present)
-    batch = {"tokens": f.tokens, "attn": f.attn, "sim": f.sim, "sim_bg": f.sim_bg, "present": present,
+    batch = {"tokens": f.tokens, "attn": f.attn, "cos": f.cos, "cos_bg": f.cos_bg, "present": present,
              "image": images, "grid": f.grid}
     return cfg, clip, spec, batch
 
 
 def _losses(model, batch, device):
     torch.manual_seed(0)
-    return {k: v.item() for k, v in train_step(model, batch, device).items()}
+    return {k: v.item() for k, v in train_step(model, batch, device, 100.0).items()}
 
 
 @pytest.fixture
@@ -106,14 +108,14 @@ def test_train_step_cuda_bf16_decoder(cached_batch):
     cfg.clip.last_k, cfg.decoder.dropout = clip.last_k, 0.0
     assert cfg.decoder.precision == "auto"
     model = DFA(cfg, batch["tokens"].shape[1], batch["tokens"].shape[-1], spec.num_classes).to(CUDA).train()
-    losses = train_step(model, batch, CUDA)
+    losses = train_step(model, batch, CUDA, 100.0)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
     losses["total"].backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     fp32 = copy.deepcopy(model)
     fp32.cfg = copy.deepcopy(cfg)
     fp32.cfg.decoder.precision = "fp32"
-    assert train_step(fp32, batch, CUDA)["seg"].item() == pytest.approx(losses["seg"].item(), rel=0.05)
+    assert train_step(fp32, batch, CUDA, 100.0)["seg"].item() == pytest.approx(losses["seg"].item(), rel=0.05)
 
 
 def test_encoder_bf16_close_to_fp32(cached_batch):
@@ -123,8 +125,8 @@ def test_encoder_bf16_close_to_fp32(cached_batch):
     images = batch["image"].to(CUDA)
     f32 = DenseExtractor(clip, spec, cfg.clip.templates, "fp32")(images)
     bf16 = DenseExtractor(clip, spec, cfg.clip.templates, "auto")(images)
-    assert bf16.sim.dtype == torch.float32 and bf16.attn.dtype == torch.float32
-    assert (bf16.sim - f32.sim).abs().max() < 0.1
+    assert bf16.cos.dtype == torch.float32 and bf16.attn.dtype == torch.float32
+    assert (bf16.cos - f32.cos).abs().max() < 0.1
     assert (bf16.attn - f32.attn).abs().max() < 0.05
 
 

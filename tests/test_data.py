@@ -364,3 +364,40 @@ def test_checker_reports_image_without_foreground_label(syn_copy):
     np.save(syn_copy / "cls_labels_onehot.npy", labels, allow_pickle=True)
     problems = check_tree(Layout(syn_copy, "synthetic"), 9)
     assert any("no foreground class" in p and name in p for p in problems)
+
+
+# --- the tune split (method.md §12) ------------------------------------------------------
+
+def test_synthetic_tune_split_is_disjoint_from_train_and_val(syn_root):
+    layout = Layout(syn_root, "synthetic")
+    lists = {s: layout.read_list(s) for s in ("train_aug", "train", "tune", "val")}
+    tune = set(lists["tune"])
+    assert len(tune) == len(lists["train"]) == 8                       # the size of train
+    assert tune <= set(lists["train_aug"])
+    assert not tune & set(lists["train"]) and not tune & set(lists["val"])
+
+
+def test_checker_flags_a_tune_split_that_leaks(syn_copy):
+    layout = Layout(syn_copy, "synthetic")
+    train = layout.read_list("train")
+    layout.list_path("tune").write_text("\n".join(layout.read_list("tune")[:-1] + [train[0]]) + "\n")
+    problems = check_tree(layout, 9)
+    assert any("tune.txt" in p and "train.txt" in p for p in problems)
+
+
+def test_prepare_draws_a_tune_split_for_a_real_tree(tmp_path):
+    """A VOC/custom tree without tune.txt gets one: disjoint from train and val, inside
+    train_aug, the size of train, the same on every call."""
+    from dfa.data.splits import draw_tune, ensure_tune
+    rng = np.random.default_rng(0)
+    layout = Layout(tmp_path, "custom")
+    names = [f"im{i:03d}" for i in range(30)]
+    items = {n: _item(16, 20, [1], 2, rng) for n in names}
+    _make_tree(layout, {"train_aug": names[:24], "train": names[:6], "val": names[24:]}, items)
+    assert ensure_tune(layout, "train_aug", "train", "val")
+    tune = layout.read_list("tune")
+    assert len(tune) == 6 and not set(tune) & set(names[:6]) and set(tune) <= set(names[:24])
+    assert not ensure_tune(layout, "train_aug", "train", "val")        # never overwritten
+    assert tune == draw_tune(names[:24], names[:6], names[24:], 6, 0)
+    with pytest.raises(DataError):
+        draw_tune(names[:8], names[:6], [], 6)

@@ -5,49 +5,129 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfa.losses import (alignment_loss, balanced_seg_loss, hfar_pairs, radius_mask,
-                        rectification_loss, update_alpha)
+from dfa.losses import (alignment_loss, balanced_seg_loss, grid_radius, grid_window, hfar_pairs, radius_mask,
+                        rectification_loss, selective_mask, token_labels, update_alpha)
+
+
+# --- sizes in grid units (§10) ---------------------------------------------------------
+
+@pytest.mark.parametrize("n,radius,window", [(8, 3, 3), (16, 6, 7), (20, 8, 9), (12, 5, 5), (4, 2, 3)])
+def test_grid_rules_of_section_10(n, radius, window):
+    assert grid_radius(n) == radius and grid_window(n) == window
+    assert grid_window(n) % 2 == 1 and grid_window(n) >= 3
+
+
+def test_sizes_resolve_per_axis_on_a_non_square_grid_and_tokens_win():
+    from dfa.config import load_config
+    from dfa.model import DFA
+    cfg = load_config(None, ["decoder.width=8", "decoder.layers=1", "decoder.heads=2"])
+    model = DFA(cfg, num_blocks=1, in_dim=4, num_classes=3)
+    assert model.sizes((20, 20)) == {"radius": (8, 8), "window": (9, 9), "box": (5, 5)}
+    assert model.sizes((8, 16)) == {"radius": (3, 6), "window": (3, 7), "box": (3, 5)}
+    fixed = load_config(None, ["loss.radius=4", "loss.window=5", "frequency.box=3", "decoder.width=8",
+                               "decoder.layers=1", "decoder.heads=2"])
+    assert DFA(fixed, 1, 4, 3).sizes((20, 12)) == {"radius": (4, 4), "window": (5, 5), "box": (3, 3)}
+    m = radius_mask(8, 16, (3, 6))
+    i = 4 * 16 + 8                                                   # token (4, 8)
+    assert m[i, 1 * 16 + 2] and not m[i, 0 * 16 + 8] and not m[i, 4 * 16 + 1]   # (1,2) in; (0,8), (4,1) out
 
 
 # --- LFAA ------------------------------------------------------------------------------
 
-def test_update_alpha():
+def test_update_alpha_v1_and_v2():
     s_l = torch.rand(2, 6, 6)
     a_s = torch.rand(2, 6, 6) * 3 + 1
     mm = (a_s - a_s.amin((1, 2), keepdim=True)) / (a_s.amax((1, 2), keepdim=True)
                                                    - a_s.amin((1, 2), keepdim=True))
-    expected = 0.9 * 0.5 + 0.1 * (s_l - mm).abs().mean()
-    alpha = update_alpha(0.5, s_l, a_s)
+    alpha = update_alpha(0.5, s_l, a_s, mode="alpha_v1")
     assert alpha.dim() == 0 and not alpha.requires_grad
-    torch.testing.assert_close(alpha, expected)
-    assert torch.isclose(update_alpha(alpha, s_l, a_s), 0.9 * alpha + 0.1 * (s_l - mm).abs().mean())
+    torch.testing.assert_close(alpha, 0.9 * 0.5 + 0.1 * (s_l - mm).abs().mean())
+    # v2: per-row min-max off the diagonal; identical rows up to scale and shift → no gap
+    base = torch.rand(2, 6, 6)
+    same = update_alpha(0.5, base, 5 * base + 2)
+    torch.testing.assert_close(same, torch.tensor(0.45))
+    assert update_alpha(0.5, s_l, a_s) > same
 
 
-def test_alignment_zero_when_matching():
-    a = torch.rand(2, 10, 10) + 0.1
-    assert alignment_loss(a, 3 * a, alpha=0.0).abs() < 1e-6        # same row distributions
-    assert alignment_loss(a, a, alpha=0.0, form="generalized").abs() < 1e-6
+def test_selective_mask_follows_the_teacher():
+    """v2's mask keeps few entries of a sharp teacher and many of a flat one (v1's kept
+    about half whatever the teacher); topk keeps a fixed share; the diagonal is never kept."""
+    n = 40
+    g = torch.Generator().manual_seed(0)
+    sharp = torch.softmax(torch.randn(1, n, n, generator=g) * 6, -1)
+    flat = torch.softmax(torch.randn(1, n, n, generator=g) * 0.3, -1)
+    frac = {k: selective_mask(t, 0.5, "alpha").float().mean().item() for k, t in (("sharp", sharp), ("flat", flat))}
+    assert frac["sharp"] < 0.1 < 0.2 < frac["flat"]
+    for t in (sharp, flat):
+        m = selective_mask(t, 0.5, "topk", keep=0.25)
+        assert not m[0].diagonal().any()
+        torch.testing.assert_close(m.float().sum(-1), torch.full((1, n), float(round(0.25 * (n - 1)))))
+        assert not selective_mask(t, 0.5, "alpha")[0].diagonal().any()
 
 
-def test_alignment_positive_on_mismatch_and_empty_mask():
-    torch.manual_seed(0)
-    s_l = torch.rand(2, 10, 10)
-    a_s = torch.rand(2, 10, 10)
-    full = alignment_loss(s_l, a_s, alpha=-1.0)                     # every entry masked
-    assert full > 0.01
-    s_t = s_l / s_l.sum(-1, keepdim=True)
-    a_t = a_s / a_s.sum(-1, keepdim=True)
-    torch.testing.assert_close(full, (s_t * (s_t / a_t).log()).sum() / 200)
-    assert alignment_loss(s_l, a_s, alpha=0.5, form="generalized") > 0
-    assert alignment_loss(s_l, a_s, alpha=2.0) == 0                 # empty mask
+def test_renormalized_kl_is_nonnegative_and_zero_only_at_the_teacher():
+    g = torch.Generator().manual_seed(1)
+    s_l = torch.rand(3, 10, 10, generator=g)
+    mask = torch.rand(3, 10, 10, generator=g) > 0.5
+    for _ in range(5):
+        a_s = torch.rand(3, 10, 10, generator=g) + 1e-3
+        assert alignment_loss(s_l, a_s, mask) >= 0
+    assert alignment_loss(s_l, 7 * s_l, mask).abs() < 1e-6            # per-row scale is free
+    off_mask = torch.where(mask, s_l, torch.rand(3, 10, 10, generator=g))
+    assert alignment_loss(s_l, off_mask, mask).abs() < 1e-6           # only masked entries count
+    assert alignment_loss(s_l, torch.rand(3, 10, 10), torch.zeros_like(mask)) == 0   # empty mask
+    # the printed (v1) form can go negative on a masked subset
+    s2 = torch.tensor([[[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]]])
+    a2 = torch.tensor([[[0.4, 0.3, 0.3], [0.3, 0.4, 0.3], [0.3, 0.3, 0.4]]])
+    m2 = torch.tensor([[[False, True, True], [True, False, True], [True, True, False]]])
+    assert alignment_loss(s2, a2, m2, form="printed") < 0 <= alignment_loss(s2, a2, m2)
+
+
+def test_renormalized_kl_minimiser_is_the_teacher_on_the_mask():
+    """Gradient descent on the student from a uniform start reaches the teacher's
+    renormalised masked rows (v1's printed form would flatten them instead)."""
+    g = torch.Generator().manual_seed(2)
+    s_l = torch.softmax(torch.randn(1, 8, 8, generator=g) * 3, -1)
+    mask = selective_mask(s_l, 0.2, "alpha")
+    logits = torch.zeros(1, 8, 8, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.1)
+    for _ in range(600):
+        opt.zero_grad()
+        alignment_loss(s_l, torch.softmax(logits, -1), mask).backward()
+        opt.step()
+    a = torch.softmax(logits, -1).detach() * mask
+    t = s_l * mask
+    rows = mask.sum(-1) > 0
+    torch.testing.assert_close((a / a.sum(-1, keepdim=True))[rows], (t / t.sum(-1, keepdim=True))[rows],
+                               atol=2e-3, rtol=0)
 
 
 def test_alignment_gradient_only_to_student():
     s_l = torch.rand(2, 8, 8, requires_grad=True)
     a_s = torch.rand(2, 8, 8, requires_grad=True)
-    alignment_loss(s_l, a_s, alpha=0.3).backward()
+    alignment_loss(s_l, a_s, s_l.detach() > 0.3).backward()
     assert s_l.grad is None
     assert a_s.grad is not None and a_s.grad.abs().sum() > 0
+
+
+# --- token labels (§4) -----------------------------------------------------------------
+
+def test_token_labels_majority_band_and_margin():
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, :4, :4] = 1                              # token (0,0): all class 1
+    labels[0, :4, 4:6] = 2                             # token (0,1): half 2, half 0 → no majority
+    labels[0, 4, 0] = 2                                # token (1,0): top-left pixel 2, majority 0
+    labels[0, 4:8, 4:8] = 255                          # token (1,1): ignore
+    y = token_labels(labels, (2, 2), 3, "majority")
+    assert y.tolist() == [[1, 255, 0, 255]]
+    assert token_labels(labels, (2, 2), 3, "nearest").tolist() == [[1, 2, 2, 255]]
+    assert token_labels(labels, (2, 2), 3, "majority", min_share=0.0).tolist() == [[1, 0, 0, 255]]
+    scores = torch.zeros(1, 3, 8, 8)
+    scores[:, 0] = 0.5
+    scores[:, 1, :4, :4] = 0.55                        # token (0,0): margin about 0.05
+    scores[:, 0, 4:, :4] = 1.0                         # token (1,0): confident background
+    y = token_labels(labels, (2, 2), 3, "majority", scores=scores, margin=0.1)
+    assert y.tolist() == [[255, 255, 0, 255]]
 
 
 # --- HFAR ------------------------------------------------------------------------------
@@ -101,16 +181,17 @@ def test_hfar_ambiguous_pairs_decided_by_windows():
     assert neg[0, k, m] and not pos[0, k, m]           # windows disagree and are dissimilar
 
 
-def _reference_pairs(s_h, y, h, w, radius, window, ignore, hist_cos, num_classes):
-    """Loop implementation of method.md §4 for one image."""
+def _reference_pairs(s_h, y, h, w, radius, window, ignore, hist_cos, num_classes, include_self=True):
+    """Loop implementation of method.md §4 for one image; radius/window are (y, x) pairs."""
     n = h * w
-    s_bar = s_h.mean()
-    lo, hi = (window - 1) // 2, window // 2
+    off = ~torch.eye(n, dtype=torch.bool)
+    s_bar = s_h.mean() if include_self else s_h[off].mean()
+    (ry, rx), (wy, wx) = radius, window
     win = []
     for t in range(n):
         r, c = divmod(t, w)
-        win.append([rr * w + cc for rr in range(max(0, r - lo), min(h, r + hi + 1))
-                    for cc in range(max(0, c - lo), min(w, c + hi + 1))])
+        win.append([rr * w + cc for rr in range(max(0, r - (wy - 1) // 2), min(h, r + wy // 2 + 1))
+                    for cc in range(max(0, c - (wx - 1) // 2), min(w, c + wx // 2 + 1))])
     hist = torch.zeros(n, num_classes, dtype=torch.float64)
     for t in range(n):
         for q in win[t]:
@@ -122,7 +203,9 @@ def _reference_pairs(s_h, y, h, w, radius, window, ignore, hist_cos, num_classes
     for i, j in itertools.product(range(n), range(n)):
         ri, ci = divmod(i, w)
         rj, cj = divmod(j, w)
-        if y[i] == ignore or y[j] == ignore or max(abs(ri - rj), abs(ci - cj)) > radius:
+        if y[i] == ignore or y[j] == ignore or abs(ri - rj) > ry or abs(ci - cj) > rx:
+            continue
+        if i == j and not include_self:
             continue
         high, same = bool(s_h[i, j] > s_bar), bool(y[i] == y[j])
         if high and same:
@@ -145,7 +228,13 @@ def test_hfar_matches_loop_reference():
     y[0, 3] = 255
     pos, neg = hfar_pairs(s_h, y, (h, w), radius=2, window=3, num_classes=3)
     for b in range(2):
-        rp, rn = _reference_pairs(s_h[b], y[b], h, w, 2, 3, 255, 0.5, 3)
+        rp, rn = _reference_pairs(s_h[b], y[b], h, w, (2, 2), (3, 3), 255, 0.5, 3)
+        assert torch.equal(pos[b], rp) and torch.equal(neg[b], rn)
+    # v2: per-axis sizes, diagonal dropped, S̄_h over the off-diagonal pairs
+    pos, neg = hfar_pairs(s_h, y, (h, w), radius=(1, 2), window=(3, 5), num_classes=3, include_self=False)
+    assert not pos[0].diagonal().any() and not neg[0].diagonal().any()
+    for b in range(2):
+        rp, rn = _reference_pairs(s_h[b], y[b], h, w, (1, 2), (3, 5), 255, 0.5, 3, include_self=False)
         assert torch.equal(pos[b], rp) and torch.equal(neg[b], rn)
 
 

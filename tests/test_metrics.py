@@ -44,3 +44,15 @@ def test_accumulates_and_validates():
     with pytest.raises(ValueError):
         confusion_matrix(p[:1], t, 5)
     assert math.isnan(miou(torch.zeros(3, 3, dtype=torch.int64))[0])
+
+
+def test_error_shares_of_a_hand_made_confusion():
+    """method.md §12: missed fg and wrong class as % of foreground, spill as % of background."""
+    from dfa.metrics import error_shares
+    conf = torch.tensor([[80, 15, 5],      # background: 20 of 100 spilled into fg
+                         [10, 30, 10],     # class 1: 10 missed, 10 wrong
+                         [0, 5, 45]])      # class 2: 5 wrong
+    s = error_shares(conf)
+    assert s == pytest.approx({"missed_fg": 10.0, "wrong_class": 15.0, "spill_bg": 20.0})
+    empty = error_shares(torch.tensor([[5, 0], [0, 0]]))
+    assert math.isnan(empty["missed_fg"]) and empty["spill_bg"] == 0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from dfa.ot import column_marginal, ot_refine, scoring_matrix, sinkhorn
+from dfa.ot import normalize_scores, prior, readout, reweight_scores, scoring_matrix, sinkhorn, transport
 
 ot = pytest.importorskip("ot")
 
@@ -200,7 +200,7 @@ def test_row_constant_does_not_change_plan():
     torch.testing.assert_close(t0, t1, atol=1e-12, rtol=0)
 
 
-# --- scoring, marginals, refinement --------------------------------------------------------
+# --- v2: scoring, scaling, priors, formulations, read-outs (method.md §5) ------------------
 
 def _affinities(b=2, n=25, c=4, seed=9):
     g = torch.Generator().manual_seed(seed)
@@ -210,76 +210,168 @@ def _affinities(b=2, n=25, c=4, seed=9):
     return a_la, a_ha, s
 
 
-def test_scoring_matrix_forms():
+def _all_valid(b, c):
+    return torch.ones(b, c, dtype=torch.bool)
+
+
+def test_literal_score_has_no_class_index_and_leaves_the_plan_unchanged():
     a_la, a_ha, s = _affinities()
-    fixed = scoring_matrix(a_la, a_ha, s, "fixed", 1.0, 0.1)
-    rn = a_ha / a_ha.sum(-1, keepdim=True)
-    torch.testing.assert_close(fixed, a_la @ s + 0.1 * rn @ s)
     lit = scoring_matrix(a_la, a_ha, s, "literal", 1.0, 0.1)
     diff = lit - scoring_matrix(a_la, a_ha, s, "literal", 1.0, 0.0)
-    torch.testing.assert_close(diff, diff[..., :1].expand_as(diff))   # no class index
+    torch.testing.assert_close(diff, diff[..., :1].expand_as(diff))   # the λ_h term is a per-row constant
+    valid = _all_valid(2, 4)
+    b = prior("uniform", s, valid)
+    plans = {}
+    for mode in ("literal", "fixed"):
+        for lam in (0.0, 0.1):
+            o = normalize_scores(scoring_matrix(a_la, a_ha, s, mode, 1.0, lam), valid, "image")
+            plans[mode, lam] = transport(o, b, valid, "balanced", 0.1, max_iters=2000, tol=1e-9)
+    torch.testing.assert_close(plans["literal", 0.0], plans["literal", 0.1], atol=1e-5, rtol=0)
+    assert (plans["fixed", 0.0] - plans["fixed", 0.1]).abs().max() > 1e-4
     with pytest.raises(ValueError):
         scoring_matrix(a_la, a_ha, s, "other")
 
 
-def test_literal_score_leaves_plan_unchanged_fixed_changes_it():
-    a_la, a_ha, s = _affinities()
-    v = column_marginal(s)
-    plans = {}
-    for mode in ("literal", "fixed"):
-        for lam in (0.0, 0.1):
-            plans[mode, lam] = ot_refine(scoring_matrix(a_la, a_ha, s, mode, 1.0, lam), v)
-    torch.testing.assert_close(plans["literal", 0.0], plans["literal", 0.1], atol=1e-5, rtol=0)
-    assert (plans["fixed", 0.0] - plans["fixed", 0.1]).abs().max() > 1e-3
+def test_normalize_scores_per_class_and_per_image():
+    g = torch.Generator().manual_seed(3)
+    o = torch.rand(2, 30, 4, generator=g) * torch.tensor([1.0, 0.01, 5.0, 2.0])
+    valid = torch.tensor([[1, 1, 1, 0], [1, 0, 1, 1]], dtype=torch.bool)
+    per_class = normalize_scores(o, valid, "class")
+    for b in range(2):
+        for c in range(4):
+            col = per_class[b, :, c]
+            if valid[b, c]:
+                assert col.min() == 0 and col.max() == 1
+            else:
+                assert (col == 0).all()
+    per_image = normalize_scores(o, valid, "image")
+    v = per_image[0][:, valid[0]]
+    assert v.min() == 0 and v.max() == 1 and per_image[0, :, 1].max() < 0.01   # the small column stays flat
 
 
-@pytest.mark.parametrize("mode", ["tempered", "literal", "area"])
-def test_column_marginal_sums_to_one_over_valid(mode):
-    g = torch.Generator().manual_seed(10)
-    s = torch.rand(3, 50, 5, generator=g)
-    valid = torch.tensor([[1, 1, 0, 1, 0], [1, 1, 1, 1, 1], [0, 0, 1, 0, 0]], dtype=torch.bool)
-    v = column_marginal(s, mode, tau=0.1, valid=valid)
-    assert v.shape == (3, 5) and (v >= 0).all()
-    torch.testing.assert_close(v.sum(-1), torch.ones(3))
-    assert (v[~valid] == 0).all()
-    if mode == "tempered":
-        x = s.mean(1) / 0.1
-        torch.testing.assert_close(v[1], torch.softmax(x[1], -1))
-    if mode == "area":
-        x = s.sum(1)
-        torch.testing.assert_close(v[1], x[1] / x[1].sum())
+def test_priors_sum_to_one_over_valid_columns_and_cam_area_counts_the_argmax():
+    g = torch.Generator().manual_seed(4)
+    s = torch.rand(2, 40, 5, generator=g)
+    valid = torch.tensor([[1, 1, 0, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    areas = torch.rand(2, 5, generator=g)
+    for kind in ("cam_area", "softmax_sum", "tempered", "uniform", "decoder", "oracle"):
+        b = prior(kind, s, valid, 0.2, 0.1, areas)
+        torch.testing.assert_close(b.sum(-1), torch.ones(2))
+        assert (b[~valid] == 0).all() and (b[valid] > 0).all()
+    counts = torch.zeros(5)
+    for i in range(40):                                       # independent count of the argmax
+        row = s[0, i].clone()
+        row[~valid[0]] = -1
+        counts[int(row.argmax())] += 1
+    expect = (counts / 40).clamp_min(1 / 40) * valid[0]
+    torch.testing.assert_close(prior("cam_area", s, valid, 0.0)[0], expect / expect.sum())
+    torch.testing.assert_close(prior("cam_area", s, valid, 1.0), prior("uniform", s, valid))
+    assert prior("softmax_sum", s * 0 + torch.linspace(0, 1, 5), valid)[1].max() > 0.99   # the paper's: one-hot at N = 40
 
 
-def test_literal_marginal_is_nearly_one_hot():
-    s = torch.rand(1, 400, 3)
-    s[..., 0] += 0.1
-    assert column_marginal(s, "literal").max() > 0.99
-    assert column_marginal(s, "tempered").max() < 0.9
+def test_identity_affinity_balanced_ot_reproduces_the_raw_cam_argmax():
+    """§5 property: identity affinity, prior cam_area, prior_mix 0, ε → 0: balanced OT returns
+    the unrefined CAM's argmax labels exactly (its own capacities make it the LP optimum)."""
+    g = torch.Generator().manual_seed(5)
+    b, n, c = 4, 64, 4
+    s_hat = torch.rand(b, n, c, generator=g)
+    valid = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 1, 1]], dtype=torch.bool)
+    eye = torch.eye(n).expand(b, n, n)
+    o_hat = normalize_scores(scoring_matrix(eye, eye, s_hat, "fixed", 1.0, 0.1), valid, "class")
+    b_prior = prior("cam_area", normalize_scores(s_hat, valid, "class"), valid, 0.0)
+    plan = transport(o_hat, b_prior, valid, "balanced", epsilon=0.002, max_iters=20000, tol=1e-9)
+    want = normalize_scores(s_hat, valid, "class").masked_fill(~valid[:, None, :], -1).argmax(-1)
+    assert torch.equal(readout(plan, valid, "posterior").argmax(-1), want)
 
 
-def test_ot_refine_output():
-    a_la, a_ha, s = _affinities(2, 30, 5)
-    valid = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 1, 1, 1]], dtype=torch.bool)
-    v = column_marginal(s, valid=valid)
-    score = scoring_matrix(a_la, a_ha, s)
-    m, info = ot_refine(score.double(), v, return_info=True)
-    assert m.dtype == torch.float32 and m.shape == (2, 30, 5)
-    assert (m >= 0).all() and (m <= 1).all()
-    assert (m[~valid[:, None, :].expand_as(m)] == 0).all()
-    torch.testing.assert_close(m.amax(1)[valid], torch.ones(int(valid.sum())))
-    assert info["err"] < 1e-6
-    # half-precision input and grad-requiring input are fine
-    score_req = score.clone().requires_grad_(True)
-    m2 = ot_refine(score_req.to(torch.bfloat16), v)
-    assert m2.dtype == torch.float32 and not m2.requires_grad
+@pytest.mark.parametrize("tau_m", [0.05, 0.3, 2.0])
+def test_relaxed_matches_pots_sinkhorn_unbalanced(tau_m):
+    """§5 property: rows exact, columns KL-penalised — POT's sinkhorn_unbalanced with
+    reg_m = (inf, τ_m) and the plain entropy regulariser."""
+    cost, a, b = _problem(3, 20, 5, torch.float64, seed=12)
+    phi = torch.full((3, 5), tau_m / (tau_m + 0.1), dtype=torch.float64)
+    t = sinkhorn(cost, a, b, 0.1, max_iters=20000, tol=1e-14, col_exponent=phi)
+    for i in range(3):
+        with pytest.warns(UserWarning):  # POT warns that reg_type="entropy" ignores c
+            ref = ot.unbalanced.sinkhorn_unbalanced(a[i].numpy(), b[i].numpy(), cost[i].numpy(), 0.1,
+                                                    reg_m=(float("inf"), tau_m), reg_type="entropy",
+                                                    numItermax=100000, stopThr=1e-15)
+        np.testing.assert_allclose(t[i].numpy(), ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(t.sum(-1), a)                   # rows stay exact
 
 
-def test_rounding_mass_gap_is_absorbed_and_check_every():
-    cost, a, b = _problem(2, 30, 5, torch.float32, seed=11)
-    b64 = b.double() * (1 + 3e-7)                                  # fp32-level mass gap
-    t, info = sinkhorn(cost.double(), a.double(), b64, 0.1, max_iters=500, tol=1e-9,
-                       return_info=True)
-    assert info["err"] < 1e-9
-    t5, info5 = sinkhorn(cost, a, b, 0.1, max_iters=500, tol=1e-6, return_info=True,
-                         check_every=5)
-    assert info5["iters"] % 5 == 0 and info5["err"] < 1e-6
+def test_relaxed_limits_softmax_and_balanced():
+    """§5 property: τ_m → 0 gives the row softmax of Ô/ε; τ_m → ∞ gives balanced OT; a
+    dustbin with balanced class columns is balanced OT (fixing one scaling is a gauge)."""
+    g = torch.Generator().manual_seed(6)
+    o_hat = torch.rand(2, 30, 4, generator=g)
+    valid = _all_valid(2, 4)
+    b = torch.softmax(torch.rand(2, 4, generator=g), -1)
+    soft = transport(o_hat, b, valid, "relaxed", epsilon=0.1, reg_m=1e-9, max_iters=50, tol=1e-9)
+    torch.testing.assert_close(readout(soft, valid), torch.softmax(o_hat / 0.1, -1), atol=1e-6, rtol=0)
+    bal = transport(o_hat, b, valid, "balanced", 0.1, max_iters=5000, tol=1e-9)
+    hard = transport(o_hat, b, valid, "relaxed", 0.1, reg_m=1e6, max_iters=5000, tol=1e-9)
+    torch.testing.assert_close(hard, bal, atol=1e-5, rtol=0)
+    dust = transport(o_hat, b, valid, "dustbin", 0.1, reg_m=float("inf"), max_iters=5000, tol=1e-9)
+    torch.testing.assert_close(dust, bal, atol=1e-6, rtol=0)
+    free = transport(o_hat, b, valid, "dustbin", 0.1, reg_m=0.3, max_iters=5000, tol=1e-9)
+    torch.testing.assert_close(free.sum(-1), torch.full((2, 30), 1 / 30))   # rows exact, the bin takes the rest
+
+
+def _label_grid(seed, b=3, h=8, w=8, c=3):
+    """Ground-truth token labels: a background with one or two rectangles per image."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.zeros(b, h, w, dtype=torch.long)
+    for i in range(b):
+        for k in range(1, 1 + int(torch.randint(1, c, (1,), generator=g))):
+            r0, c0 = torch.randint(0, h - 3, (2,), generator=g).tolist()
+            y[i, r0:r0 + 3 + k % 2, c0:c0 + 3] = k
+    return y.flatten(1), g
+
+
+def _miou(pred, y, c):
+    from dfa.metrics import confusion_matrix, miou
+    return miou(confusion_matrix(pred, y, c))[0]
+
+
+@pytest.mark.parametrize("affinity", ["identity", "smooth", "random"])
+def test_ground_truth_areas_with_class_scaling_do_not_collapse(affinity):
+    """§5 property: with ground-truth areas and per-column scaling, seeds do not collapse for
+    any affinity: at least the raw CAM's mIoU."""
+    y, g = _label_grid(7)
+    b, n = y.shape
+    c = 3
+    onehot = torch.nn.functional.one_hot(y, c).float()
+    s_hat = (0.6 * onehot + 0.6 * torch.rand(b, n, c, generator=g)).clamp(0, 1)   # a noisy CAM
+    s_hat[..., 0] = 1 - s_hat[..., 1:].amax(-1)                                     # residual background
+    valid = onehot.amax(1) > 0
+    coords = torch.stack(torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij"), -1).reshape(-1, 2)
+    if affinity == "identity":
+        aff = torch.eye(n).expand(b, n, n)
+    elif affinity == "smooth":
+        aff = torch.softmax(-torch.cdist(coords, coords) ** 2 / 4, -1).expand(b, n, n)
+    else:
+        aff = torch.softmax(torch.randn(b, n, n, generator=g), -1)
+    raw = _miou(s_hat.masked_fill(~valid[:, None, :], -1).argmax(-1), y, c)
+    areas = onehot.mean(1)
+    o_hat = normalize_scores(scoring_matrix(aff @ aff, torch.eye(n).expand(b, n, n), s_hat), valid, "class")
+    plan = transport(o_hat, prior("oracle", o_hat, valid, areas=areas), valid, "balanced", 0.1)
+    assert _miou(readout(plan, valid).argmax(-1), y, c) >= raw - 1e-9
+
+
+def test_readouts_and_reweight():
+    g = torch.Generator().manual_seed(8)
+    o_hat = torch.rand(3, 20, 4, generator=g)
+    valid = torch.tensor([[1, 1, 1, 0], [1, 0, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    plan, info = transport(o_hat, prior("uniform", o_hat, valid), valid, "balanced", 0.1, return_info=True)
+    post = readout(plan, valid, "posterior")
+    torch.testing.assert_close(post.sum(-1), torch.ones(3, 20), atol=1e-5, rtol=0)
+    colmax = readout(plan, valid, "colmax")
+    torch.testing.assert_close(colmax.amax(1)[valid], torch.ones(int(valid.sum())))
+    assert (colmax[~valid[:, None, :].expand_as(colmax)] == 0).all()
+    torch.testing.assert_close(info["column_sums"], prior("uniform", o_hat, valid), atol=1e-5, rtol=0)
+    rw = reweight_scores(o_hat, valid)
+    torch.testing.assert_close(rw[1], o_hat[1, :, 1:] * valid[1, 1:])        # one class: unchanged
+    assert (rw[0] <= o_hat[0, :, 1:] + 1e-6).all() and (rw[:, :, 2] == 0)[0].all()
+    with pytest.raises(ValueError):
+        readout(plan, valid, "other")

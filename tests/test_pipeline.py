@@ -55,7 +55,7 @@ def test_cached_and_online_features_agree(smoke_workspace, monkeypatch):
         view = square_view(read_image(layout.image_path(name)), cfg.data.crop_size, flip)
         assert np.array_equal(cached["image"][0].numpy(), view)
         online = ext(normalise(view[None], cfg))
-        for key, tol in (("tokens", 2e-2), ("attn", 1e-3), ("sim", 2e-3), ("sim_bg", 2e-3)):
+        for key, tol in (("tokens", 2e-2), ("attn", 1e-3), ("cos", 2e-3), ("cos_bg", 2e-3)):
             a, b = cached[key].float(), getattr(online, key)
             assert a.shape == b.shape, key
             assert torch.allclose(a, b, atol=tol, rtol=1e-2), (key, (a - b).abs().max())

@@ -1,4 +1,4 @@
-"""``dfa search`` and ``dfa ablation`` on the smoke workspace, with temporary Optuna/MLflow stores."""
+"""``dfa search`` on the smoke workspace, with temporary Optuna/MLflow stores."""
 from __future__ import annotations
 
 import argparse
@@ -109,34 +109,6 @@ def test_search_cli_two_trials_then_one_more(smoke_workspace, dfa_cli, stores):
     assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == 3  # no replayed samples
     assert len(mlflow_runs(mlflow_db, "tags.stage = 'search' and tags.`optuna.study` = 'smoke'")) == 2
     assert json.loads((out / "summary.json").read_text())["trials"] == 3
-
-
-def test_ablation_cli_writes_the_table(smoke_workspace, dfa_cli, stores):
-    import pandas as pd
-
-    mlflow_db = stores / "mlflow.db"
-    dfa_cli(smoke_workspace, "ablation", "--smoke", "--rows", "0,4", "-S", f"tracking.uri=sqlite:///{mlflow_db}")
-    df = pd.read_csv(smoke_workspace / "reports/ablation.csv")
-    assert list(df.columns) == ["row", "affinity", "combination", "seed_miou", "mask_miou", "paper_seed_miou",
-                                "dataset", "cam_miou"]
-    assert df["row"].tolist() == [0, 4] and set(df["dataset"]) == {"synthetic"}
-    assert df["paper_seed_miou"].tolist() == [64.8, 79.1]
-    assert df["affinity"].tolist() == ["A_s", "A_la, A_ha"]
-    assert df[["seed_miou", "mask_miou", "cam_miou"]].apply(lambda c: c.between(0, 100)).all().all()
-    md = (smoke_workspace / "reports/ablation.md").read_text()
-    assert "on synthetic" in md and "python -m dfa ablation --smoke --rows 0,4" in md and "git commit" in md
-    assert md.count("| synthetic ") == 2
-    assert (smoke_workspace / "reports/figures/ablation.png").exists()
-    (parent,) = mlflow_runs(mlflow_db, "tags.stage = 'ablation'")
-    rows = mlflow_runs(mlflow_db, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert sorted(r.data.tags["ablation.row"] for r in rows) == ["0", "4"]
-    assert all("seed_miou" in r.data.metrics for r in rows)
-
-
-def test_bad_rows_is_a_one_line_error(smoke_workspace, dfa_cli):
-    proc = dfa_cli(smoke_workspace, "ablation", "--smoke", "--rows", "0,9", "-S", "tracking.enabled=false",
-                   check=False)
-    assert proc.returncode == 2 and "--rows" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # ------------------------------------------------------------------------------ in process: failures, pruning

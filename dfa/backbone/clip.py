@@ -248,17 +248,6 @@ class FrozenCLIP(nn.Module):
         return cams
 
 
-def similarity_maps(dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """Patch-text cosine similarity, min-max normalised per class over tokens (method.md §1).
-
-    dense (B, N, E), text (C, E) normalised → S (B, N, C) in [0, 1].
-    """
-    s = F.normalize(dense.float(), dim=-1) @ text.float().t()
-    return minmax_tokens(s)
-
-
-def minmax_tokens(s: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """(B, N, C) → per (image, class) min-max over the N tokens."""
-    lo = s.amin(dim=1, keepdim=True)
-    hi = s.amax(dim=1, keepdim=True)
-    return (s - lo) / (hi - lo).clamp_min(eps)
+def cosines(dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Raw patch-text cosine similarity (method.md §1): dense (B, N, E), text (C, E) normalised → (B, N, C)."""
+    return F.normalize(dense.float(), dim=-1) @ text.float().t()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dfa.backbone.clip import FrozenCLIP, minmax_tokens, similarity_maps
+from dfa.backbone.clip import FrozenCLIP, cosines
 from dfa.config import bf16_autocast
 from dfa.data.classes import ClassSpec
 
@@ -19,22 +19,24 @@ from dfa.data.classes import ClassSpec
 @dataclass
 class ViewFeatures:
     tokens: torch.Tensor   # (B, L, N, D) per-block patch tokens (decoder input)
-    attn: torch.Tensor     # (B, K, N, N) head-mean attention of the last K blocks
-    sim: torch.Tensor      # (B, N, C) S, min-max normalised per class over tokens
-    sim_bg: torch.Tensor   # (B, N) background-prompt similarity (max over prompts), normalised
+    attn: torch.Tensor     # (B, K, N, N) head-mean attention of the last K blocks, CLS dropped
+    cos: torch.Tensor      # (B, N, C) raw token-class cosines (Grad-CAM maps for ``gradcam``)
+    cos_bg: torch.Tensor   # (B, N, P) raw token-prompt cosines, one per background prompt
     grid: tuple[int, int]
 
     def to(self, device, dtype=None) -> "ViewFeatures":
         f = lambda t: t.to(device=device, dtype=dtype or t.dtype, non_blocking=True)  # noqa: E731
-        return ViewFeatures(f(self.tokens), f(self.attn), f(self.sim), f(self.sim_bg), self.grid)
+        return ViewFeatures(f(self.tokens), f(self.attn), f(self.cos), f(self.cos_bg), self.grid)
 
 
 class DenseExtractor:
     """Frozen CLIP + prompts → :class:`ViewFeatures`.
 
+    Stores raw cosines, not scores: the per-class min-max of S and every background rule of
+    ``cam.background`` are computed from them later (``dfa.cam``), so one cache serves all.
+    ``logit_scale`` is the model's (100 for OpenAI CLIP), for the ``prompts`` background.
     ``precision`` ``'bf16'`` or ``'auto'`` runs the encoder under bf16 autocast on CUDA
-    (method.md §1 at real scale; ``'auto'`` is fp32 on CPU); S and the attention are
-    returned in float32.
+    (``'auto'`` is fp32 on CPU); everything is returned in float32.
     """
 
     def __init__(self, clip: FrozenCLIP, spec: ClassSpec, templates: list[str], precision: str = "auto"):
@@ -42,6 +44,8 @@ class DenseExtractor:
         self.spec = spec
         self.fg_text, self.bg_text = clip.text_embeddings(spec.classes, spec.synonyms, spec.background, templates)
         self.precision = precision
+        self.logit_scale = float(clip.model.logit_scale.exp().clamp(max=100)) if hasattr(clip.model, "logit_scale") \
+            else 100.0
 
     @property
     def device(self) -> torch.device:
@@ -57,9 +61,8 @@ class DenseExtractor:
             if present is None:
                 present = torch.ones(images.shape[0], len(self.spec.classes), dtype=torch.bool, device=self.device)
             text = torch.cat([self.fg_text, self.bg_text])
-            sim = minmax_tokens(self.clip.gradcam(images, text, present.to(self.device), len(self.spec.classes)))
+            cos = self.clip.gradcam(images, text, present.to(self.device), len(self.spec.classes))
         else:
-            sim = similarity_maps(out.dense, self.fg_text)
-        bg = similarity_maps(out.dense, self.bg_text).amax(-1, keepdim=True) if len(self.bg_text) else sim[..., :1] * 0
-        return ViewFeatures(out.tokens.float(), out.attn.float(), sim.float(), minmax_tokens(bg)[..., 0].float(),
-                            out.grid)
+            cos = cosines(out.dense, self.fg_text)
+        cos_bg = cosines(out.dense, self.bg_text) if len(self.bg_text) else cos[..., :0]
+        return ViewFeatures(out.tokens.float(), out.attn.float(), cos.float(), cos_bg.float(), out.grid)

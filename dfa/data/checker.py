@@ -15,6 +15,7 @@ from dfa.data.classes import spec_for
 from dfa.data.dataset import load_labels
 from dfa.data.io import image_size, read_mask
 from dfa.data.layout import DataError, Layout
+from dfa.data.splits import split_problems
 
 IGNORE = 255
 VOC_COUNTS = {"train_aug": 10582, "train": 1464, "val": 1449}
@@ -102,6 +103,7 @@ def check_tree(layout: Layout, num_classes: int, splits: Iterable[str] | None = 
         if expected_counts and split in expected_counts and len(names) != expected_counts[split]:
             problems.append(f"{layout.list_path(split)}: {len(names)} images listed, expected "
                             f"{expected_counts[split]} for split {split!r}")
+    problems.extend(split_problems(layout, lists))   # tune: inside train_aug, outside train and val (§12)
     # train_aug is the training set of a WSSS method; val images inside it would leak.
     if "train_aug" in lists and "val" in lists:
         leak = set(lists["train_aug"]) & set(lists["val"])

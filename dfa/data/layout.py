@@ -18,7 +18,7 @@ from pathlib import Path
 
 KINDS = ("voc", "coco", "synthetic", "custom")
 # Splits a kind has by default (the checker lists these unless told otherwise).
-DEFAULT_SPLITS = {"voc": ("train_aug", "train", "val"), "synthetic": ("train_aug", "train", "val"),
+DEFAULT_SPLITS = {"voc": ("train_aug", "train", "val"), "synthetic": ("train_aug", "train", "tune", "val"),
                   "custom": ("train_aug", "train", "val"), "coco": ("train", "val")}
 
 

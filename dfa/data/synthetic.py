@@ -10,7 +10,7 @@ with thin spikes, several instances overlap, and sizes vary widely (boundaries).
 
     JPEGImages/syn_000001.jpg ...          (quality 95, H, W each uniform in size_range)
     SegmentationClassAug/syn_000001.png    (VOC palette; 0 background, 1..8 classes)
-    ImageSets/Segmentation/{train_aug,train,val,pretrain}.txt
+    ImageSets/Segmentation/{train_aug,train,tune,val,pretrain}.txt
     cls_labels_onehot.npy                  (dict name -> float32 (8,), every listed image)
     classes.json                           (classes, synonyms, background prompts)
     annotations.json                       (name -> {"background": kind, "objects": [{"class",
@@ -18,8 +18,9 @@ with thin spikes, several instances overlap, and sizes vary widely (boundaries).
                                             exclusive}]} in drawing order; captions/crops only)
     .complete                              (generation parameters; written last)
 
-``train`` is the first ``num_train`` names of ``train_aug`` (as in VOC); ``val`` and
-``pretrain`` are disjoint from it. Image ``i`` is drawn from ``default_rng([seed, i])``,
+``train`` is the first ``num_train`` names of ``train_aug`` (as in VOC) and ``tune`` the next
+``num_tune`` (method.md §12: a subset of ``train_aug`` disjoint from ``train``, where defaults
+and calibrations are chosen); ``val`` and ``pretrain`` are disjoint from ``train_aug``. Image ``i`` is drawn from ``default_rng([seed, i])``,
 so any image can be regenerated alone and the order of generation does not matter.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
+from dataclasses import dataclass
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -67,6 +69,44 @@ BG_PHRASE = {"water": "on water", "grass": "on grass", "sky": "in the sky", "roa
              "brick wall": "in front of a brick wall"}
 
 
+
+
+@dataclass(frozen=True)
+class Family:
+    """One generated benchmark's world: classes, their outlines, marks and preferred backgrounds.
+
+    ``base`` is the embedded default; ``alt`` is the second benchmark of issue 11 (other
+    classes, outlines, marks, colours and co-occurrences, larger images, another seed), to
+    show that defaults chosen on one generator are not fitted to it. Both use the same five
+    textured backgrounds and three body materials, so partial activation and
+    co-occurrence work the same way.
+    """
+    classes: tuple[str, ...]
+    synonyms: dict
+    preferred: dict
+    shapes: dict
+    parts: dict
+    p_preferred: float = P_PREFERRED
+    backgrounds: tuple[str, ...] = tuple(BACKGROUNDS)
+
+
+FAMILIES = {
+    "base": Family(tuple(CLASSES), SYNONYMS, PREFERRED_BACKGROUND, SHAPES, PARTS),
+    "alt": Family(
+        ("plane", "truck", "horse", "duck", "chair", "kettle", "sheep"),
+        {"plane": ["aircraft"], "truck": ["lorry"], "horse": ["pony"], "duck": ["mallard"], "chair": ["seat"],
+         "kettle": ["teapot"], "sheep": ["lamb"]},
+        {"plane": "sky", "truck": "road", "horse": "grass", "duck": "water", "chair": "brick wall",
+         "kettle": "brick wall", "sheep": "grass"},
+        {"plane": (3.0, 1.5, 0.0), "truck": (2.2, 5.0, 0.0), "horse": (1.8, 2.5, 0.0), "duck": (1.3, 2.0, 0.0),
+         "chair": (1.2, 4.0, math.pi / 2), "kettle": (1.1, 2.0, 0.0), "sheep": (1.6, 2.2, 0.0)},
+        {"plane": ("star", (255, 150, 20)), "truck": ("checker", (60, 230, 200)), "horse": ("ring", (225, 30, 150)),
+         "duck": ("square", (250, 235, 40)), "chair": ("cross", (30, 60, 235)), "kettle": ("triangle", (230, 25, 25)),
+         "sheep": ("stripes", (50, 200, 50))},
+        p_preferred=0.65),
+}
+
+
 # ----------------------------------------------------------------------------- captions
 def _article(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
@@ -86,8 +126,9 @@ def caption(entry: dict) -> str:
     return f"a photo of {things} {BG_PHRASE.get(bg, 'on ' + bg)}."
 
 
-def class_spec() -> ClassSpec:
-    return ClassSpec(list(CLASSES), {k: list(v) for k, v in SYNONYMS.items()}, list(BACKGROUNDS))
+def class_spec(variant: str = "base") -> ClassSpec:
+    f = FAMILIES[variant]
+    return ClassSpec(list(f.classes), {k: list(v) for k, v in f.synonyms.items()}, list(f.backgrounds))
 
 
 # ----------------------------------------------------------------------------- textures
@@ -254,7 +295,8 @@ def _part_polys(shape: str, r: float, spin: float) -> list[np.ndarray]:
     raise ValueError(shape)
 
 
-def _draw_object(rng: np.random.Generator, cls: str, cx: float, cy: float, size: float) -> dict:
+def _draw_object(rng: np.random.Generator, cls: str, cx: float, cy: float, size: float,
+                 fam: Family = FAMILIES["base"]) -> dict:
     """One instance centred at (cx, cy) in image coordinates, ``size`` = equivalent diameter
     (2 sqrt(a b) of its base ellipse), so all classes get the same area at the same size.
 
@@ -262,7 +304,7 @@ def _draw_object(rng: np.random.Generator, cls: str, cx: float, cy: float, size:
     (possibly outside the image, so the object's full area is known): ``obj`` = body +
     spikes, ``part`` = the class mark, a subset of the body.
     """
-    aspect, p, base_phi = SHAPES[cls]
+    aspect, p, base_phi = fam.shapes[cls]
     aspect *= math.exp(rng.normal(0, 0.25))
     phi = base_phi + rng.normal(0, 0.35)
     aspect = max(aspect, 1.05)
@@ -286,7 +328,7 @@ def _draw_object(rng: np.random.Generator, cls: str, cx: float, cy: float, size:
             draw.line(_rot(np.array([start, end]), phi, lx, ly), fill=1, width=int(rng.integers(1, 4)))
     obj = np.asarray(img, bool)
 
-    shape, _ = PARTS[cls]
+    shape, _ = fam.parts[cls]
     side = 1 if rng.random() < 0.5 else -1
     pc = (side * rng.uniform(0.42, 0.58) * a, rng.normal(0, 0.08) * b)  # one end, not centred
     px, py = _rot(np.array([pc]), phi, lx, ly)
@@ -319,15 +361,15 @@ def _clip(o: dict, h: int, w: int) -> tuple[slice, slice, slice, slice]:
 
 
 # ----------------------------------------------------------------------------- one sample
-def _choose_content(rng: np.random.Generator) -> tuple[str, list[str]]:
+def _choose_content(rng: np.random.Generator, fam: Family = FAMILIES["base"]) -> tuple[str, list[str]]:
     """Background and the class of each instance (1-3 instances of 1-3 distinct classes)."""
     n_inst = int(rng.choice([1, 2, 3], p=[0.5, 0.33, 0.17]))
     n_cls = min(n_inst, int(rng.choice([1, 2, 3], p=[0.45, 0.45, 0.1])))
-    chosen = list(rng.choice(CLASSES, n_cls, replace=False))
+    chosen = list(rng.choice(list(fam.classes), n_cls, replace=False))
     inst = chosen + list(rng.choice(chosen, n_inst - n_cls))
     rng.shuffle(inst)
-    pref = PREFERRED_BACKGROUND[chosen[0]]
-    bg = pref if rng.random() < P_PREFERRED else str(rng.choice([b for b in BACKGROUNDS if b != pref]))
+    pref = fam.preferred[chosen[0]]
+    bg = pref if rng.random() < fam.p_preferred else str(rng.choice([b for b in fam.backgrounds if b != pref]))
     return bg, [str(c) for c in inst]
 
 
@@ -359,12 +401,13 @@ def _ignore_band(mask: np.ndarray, width: int) -> np.ndarray:
 
 
 def make_sample(seed: int, index: int, size_range: tuple[int, int] = (64, 112),
-                ignore_border: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+                ignore_border: int = 0, variant: str = "base") -> tuple[np.ndarray, np.ndarray, dict]:
     """Image ``index`` of the benchmark: (uint8 HxWx3, uint8 HxW mask, annotation entry)."""
+    fam = FAMILIES[variant]
     rng = np.random.default_rng([seed, index])
     h = int(rng.integers(size_range[0], size_range[1] + 1))
     w = int(rng.integers(size_range[0], size_range[1] + 1))
-    bg, inst = _choose_content(rng)
+    bg, inst = _choose_content(rng, fam)
     img = _background(bg, h, w, rng)
     owner = np.zeros((h, w), np.int16)       # visible object id (1-based) per pixel
     part_owner = np.zeros((h, w), np.int16)  # visible part owner per pixel
@@ -376,7 +419,7 @@ def make_sample(seed: int, index: int, size_range: tuple[int, int] = (64, 112),
         size = short * rng.uniform(0.12, 0.7)
         for _ in range(8):  # rejection: keep every object's body and part mostly visible
             margin = min(size * 0.4, short / 2)
-            o = _draw_object(rng, cls, rng.uniform(margin, w - margin), rng.uniform(margin, h - margin), size)
+            o = _draw_object(rng, cls, rng.uniform(margin, w - margin), rng.uniform(margin, h - margin), size, fam)
             iy, ix, ly, lx = _clip(o, h, w)
             obj, part = o["obj"][ly, lx], o["part"][ly, lx]
             region, part_region = owner[iy, ix], part_owner[iy, ix]  # views into the maps
@@ -403,7 +446,7 @@ def make_sample(seed: int, index: int, size_range: tuple[int, int] = (64, 112),
         o["cls"], o["material"] = cls, str(rng.choice(MATERIALS))
         placed.append(o)
     if not placed:  # practically never; a different stream keeps the sample deterministic
-        return make_sample(seed + 1_000_003, index, size_range, ignore_border)
+        return make_sample(seed + 1_000_003, index, size_range, ignore_border, variant)
 
     objects = []
     for k, o in enumerate(placed, 1):
@@ -414,7 +457,7 @@ def make_sample(seed: int, index: int, size_range: tuple[int, int] = (64, 112),
         tex = _material(o["material"], xx, yy, o["cx"], o["cy"], o["phi"], o["a"], rng)
         region[vis] = tex[vis]
         pv = part_owner[iy, ix] == k
-        shape, colour = PARTS[o["cls"]]
+        shape, colour = fam.parts[o["cls"]]
         col = np.empty(region.shape, np.float32)
         col[:] = colour
         if shape == "checker":  # 3x3 cells alternating with a dark navy
@@ -428,34 +471,46 @@ def make_sample(seed: int, index: int, size_range: tuple[int, int] = (64, 112),
 
     img += 3 * rng.standard_normal((h, w, 1), np.float32)
     image = np.clip(_blur(img), 0, 255).astype(np.uint8)  # slight blur: camera-like edges for JPEG
-    cls_index = np.array([0] + [CLASSES.index(o["cls"]) + 1 for o in placed], np.uint8)
+    cls_index = np.array([0] + [fam.classes.index(o["cls"]) + 1 for o in placed], np.uint8)
     mask = cls_index[owner]
     if ignore_border > 0:
         mask = _ignore_band(mask, ignore_border)
     return image, mask, {"background": bg, "objects": objects}
 
 
-def label_vector(mask: np.ndarray) -> np.ndarray:
-    """float32 (8,) multi-hot of the classes visible in a generated mask."""
-    vec = np.zeros(len(CLASSES), np.float32)
-    present = [v for v in np.unique(mask) if 0 < v <= len(CLASSES)]
+def label_vector(mask: np.ndarray, num_fg: int = len(CLASSES)) -> np.ndarray:
+    """float32 (num_fg,) multi-hot of the classes visible in a generated mask."""
+    vec = np.zeros(num_fg, np.float32)
+    present = [v for v in np.unique(mask) if 0 < v <= num_fg]
     vec[np.array(present, int) - 1] = 1
     return vec
 
 
 # ----------------------------------------------------------------------------- the tree
 def generate(root: str | Path, *, seed: int = 0, num_train_aug: int = 3000, num_train: int = 300,
-             num_val: int = 300, num_pretrain: int = 4000, size_range: tuple[int, int] = (64, 112),
-             ignore_border: int = 0, progress: Callable[[int], None] | None = None) -> None:
-    """Write the benchmark into ``root`` (idempotent: skipped if ``.complete`` matches)."""
+             num_tune: int | None = None, num_val: int = 300, num_pretrain: int = 4000,
+             size_range: tuple[int, int] = (64, 112), ignore_border: int = 0, variant: str = "base",
+             progress: Callable[[int], None] | None = None) -> None:
+    """Write the benchmark into ``root`` (idempotent: skipped if ``.complete`` matches).
+
+    ``num_tune`` None: as many as ``train`` (§12), as far as ``train_aug`` has room."""
+    if num_tune is None:
+        num_tune = max(0, min(num_train, num_train_aug - num_train))
     if not 1 <= num_train <= num_train_aug or num_val < 1 or num_pretrain < 0:
         raise ValueError("need 1 <= num_train <= num_train_aug, num_val >= 1, num_pretrain >= 0")
+    if num_tune < 0 or num_train + num_tune > num_train_aug:
+        raise ValueError(f"need 0 <= num_tune and num_train + num_tune <= num_train_aug, got "
+                         f"{num_train} + {num_tune} > {num_train_aug}")
     if not 16 <= size_range[0] <= size_range[1]:
         raise ValueError(f"size_range must be 16 <= lo <= hi, got {size_range}")
     root = Path(root)
     params = {"version": GENERATOR_VERSION, "seed": seed, "num_train_aug": num_train_aug,
-              "num_train": num_train, "num_val": num_val, "num_pretrain": num_pretrain,
+              "num_train": num_train, "num_tune": num_tune, "num_val": num_val, "num_pretrain": num_pretrain,
               "size_range": [int(size_range[0]), int(size_range[1])], "ignore_border": ignore_border}
+    if variant != "base":  # the base tree's marker stays as it was (no regeneration)
+        params["variant"] = variant
+    if variant not in FAMILIES:
+        raise ValueError(f"unknown synthetic variant {variant!r}; expected one of {sorted(FAMILIES)}")
     marker = root / ".complete"
     try:
         if json.loads(marker.read_text()) == params:
@@ -486,27 +541,28 @@ def generate(root: str | Path, *, seed: int = 0, num_train_aug: int = 3000, num_
             for _ in range(n):
                 index += 1
                 name = f"syn_{index:06d}"
-                image, mask, entry = make_sample(seed, index, size_range, ignore_border)
+                image, mask, entry = make_sample(seed, index, size_range, ignore_border, variant)
                 pending.append(pool.submit(write, name, image, mask))
                 while len(pending) > 64:  # bound memory; surfaces write errors early
                     pending.popleft().result()
                 lists[split].append(name)
-                labels[name] = label_vector(mask)
+                labels[name] = label_vector(mask, len(FAMILIES[variant].classes))
                 annotations[name] = entry
                 if progress is not None:
                     progress(1)
         while pending:
             pending.popleft().result()
     lists["train"] = lists["train_aug"][:num_train]
+    lists["tune"] = lists["train_aug"][num_train:num_train + num_tune]
 
     seg = root / "ImageSets" / "Segmentation"
-    for split in ("train_aug", "train", "val", "pretrain"):
+    for split in ("train_aug", "train", "tune", "val", "pretrain"):
         if lists[split]:
             write_text(seg / f"{split}.txt", "\n".join(lists[split]) + "\n")
         else:
             (seg / f"{split}.txt").unlink(missing_ok=True)
     with atomic_path(root / "cls_labels_onehot.npy") as tmp, open(tmp, "wb") as fh:
         np.save(fh, labels, allow_pickle=True)
-    write_class_spec(root, class_spec())
+    write_class_spec(root, class_spec(variant))
     write_json(root / "annotations.json", annotations)
     write_json(marker, params)

@@ -1,68 +1,249 @@
-"""``dfa ablation``: the rows of method.md §7 measured now, as ``reports/ablation.{md,csv}``.
+"""``dfa ablation``: the table of method.md §7 with the reference and ceiling rows of §11,
+every cell a mean ± std over seeds (§12), as ``reports/ablation.{md,csv}`` and a figure.
 
-Each row trains into its own ``checkpoints/ablation/row<N>`` (``ablation-smoke`` with
-``--smoke``, so a smoke run never clobbers real checkpoints). ``fit`` resumes from that
-folder's resume checkpoint when its fingerprint matches, so a repeated ablation only
-re-scores rows whose params are unchanged; the frozen-feature cache is shared by all rows.
-Seeds are scored on the seed split (``data.max_seed_images``; 0 = all) with DenseCRF for
-the mask column. One parent MLflow run per invocation, one child per row.
+Entries, in table order: the raw CAM; rows 0-4; the ``features`` reference row (E(⊙) with
+an affinity from the frozen CLIP's own last-block token features); the ceilings
+``teacher`` (row 2 with LFAA's S_l from ground truth), ``labels`` (row 3 with HFAR's Y from
+ground truth), ``areas`` (row 4's trained model with ground-truth OT areas) and ``grid``
+(the ground truth's majority per token, upsampled, PAR).
+
+Work is shared: the feature cache serves every training; rows that need no training (the
+raw CAM, rows 0-1, ``features``, ``grid``) are scored once, since the seed only covers the
+decoder/head initialisation and the batch order (§12); ``areas`` re-scores row 4's
+checkpoints. Every cell calibrates its background power on ``data.tune_split`` and is
+reported on ``data.seed_split`` (seed and DenseCRF mask mIoU, the three error shares);
+trained cells also report the decoder on ``data.eval_split`` (multi-scale + flip, no CRF).
+A cell's result is kept beside its checkpoint with a fingerprint, so an interrupted or
+repeated table resumes and re-scores only what changed. One parent MLflow run carries the
+means and stds; each (entry, seed) is a child run.
 """
 from __future__ import annotations
 
+import math
 import shlex
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rich.table import Table
+import numpy as np
 
-from dfa.config import AblationConfig, Config, ConfigError, load_config
-from dfa.io import atomic_path, write_text
-from dfa.stages.common import console, device_of, git_commit, progress
-from dfa.stages.search import SeedScorer
-from dfa.tracking import stage_run
+from dfa.config import CEILINGS, AblationConfig, Config, ConfigError, load_config
+from dfa.io import atomic_path, write_json, write_text
+from dfa.stages.common import console, git_commit, progress
 
 MARKDOWN = Path("reports/ablation.md")
 CSV = Path("reports/ablation.csv")
 FIGURE = Path("reports/figures/ablation.png")
-COLUMNS = ["row", "affinity", "combination", "seed_miou", "mask_miou", "paper_seed_miou", "dataset", "cam_miou"]
+SHARES = ("missed_fg", "wrong_class", "spill_bg")
+COLUMNS = ["row", "ceiling", "label", "affinity", "combination", "trained", "seed_miou_mean", "seed_miou_std",
+           "mask_miou_mean", "mask_miou_std", "seg_miou_mean", "seg_miou_std", *SHARES, "bg_power",
+           "paper_seed_miou", "dataset", "seeds"]
+CEILING_ROW = {"teacher": 2, "labels": 3, "areas": 4}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of the table: ``row`` is "cam", "0"-"4", "features" or "-" (the grid ceiling)."""
+    row: str
+    ceiling: str = "none"
+
+    @property
+    def key(self) -> str:
+        return self.row if self.ceiling == "none" else f"{self.ceiling}-ceiling"
+
+    @property
+    def config_row(self) -> int:
+        if self.ceiling in CEILING_ROW:
+            return CEILING_ROW[self.ceiling]
+        return int(self.row) if self.row.isdigit() else 0
+
+    @property
+    def trains(self) -> bool:
+        """Needs its own training: rows 2-4 and the teacher/labels ceilings."""
+        return self.ceiling in ("teacher", "labels") or (self.ceiling == "none" and self.row in ("2", "3", "4"))
+
+    @property
+    def per_seed(self) -> bool:
+        return self.trains or self.ceiling == "areas"
+
+    @property
+    def label(self) -> str:
+        if self.ceiling != "none":
+            return f"{self.ceiling} ceiling" + (f" (row {self.config_row})" if self.ceiling in CEILING_ROW else "")
+        return {"cam": "raw CAM", "features": "features (reference)"}.get(self.row, f"row {self.row}")
+
+
+def parse_list(text: str, what: str, allowed=None, cast=int) -> list:
+    try:
+        values = [cast(v.strip()) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--{what}: expected a comma-separated list, got {text!r}") from None
+    bad = [v for v in values if allowed is not None and v not in allowed]
+    if bad:
+        raise ConfigError(f"--{what}: {bad[0]!r} is not one of {', '.join(map(str, allowed))}")
+    return list(dict.fromkeys(values))
 
 
 def parse_rows(text: str) -> list[int]:
-    try:
-        rows = [int(r) for r in str(text).split(",") if r.strip()]
-    except ValueError:
-        raise ConfigError(f"--rows: expected comma-separated integers, got {text!r}") from None
-    bad = [r for r in rows if r not in AblationConfig.ROWS]
-    if not rows or bad:
+    rows = parse_list(text, "rows", sorted(AblationConfig.ROWS))
+    if not rows:
         raise ConfigError(f"--rows: rows must be among {sorted(AblationConfig.ROWS)}, got {text!r}")
-    return list(dict.fromkeys(rows))  # keep order, drop repeats
+    return rows
 
 
-def row_config(args, row: int) -> Config:
-    folder = "ablation-smoke" if args.smoke else "ablation"
-    return load_config(args.params, [*args.overrides, f"ablation.row={row}", f"train.dir=checkpoints/{folder}/row{row}"],
-                       smoke=args.smoke)
+def entries(rows: list[int], ceilings: list[str], references: bool = True) -> list[Entry]:
+    out = [Entry("cam")] if references else []
+    out += [Entry(str(r)) for r in rows]
+    out += [Entry("features")] if references else []
+    out += [Entry("-" if c == "grid" else str(CEILING_ROW[c]), c) for c in ceilings]
+    return out
 
 
-def run_row(args, row: int, parent_id: str | None, scorer: SeedScorer) -> dict:
-    """Train (or resume) one row and score its seeds; returns its table row."""
+def ablation_root(cfg: Config) -> Path:
+    """Checkpoints of a table live beside ``train.dir``: ``checkpoints/ablation-dfa`` for the
+    default, ``checkpoints/ablation-dfa-smoke`` under --smoke, one per dataset set-up."""
+    train = Path(cfg.train.dir)
+    return train.parent / f"ablation-{train.name}"
+
+
+def entry_config(args, entry: Entry, seed: int, root: Path) -> Config:
+    name = entry.key if entry.ceiling != "areas" else "4"      # areas re-scores row 4's models
+    return load_config(args.params, [*args.overrides, f"ablation.row={entry.config_row}",
+                                     f"ablation.ceiling={entry.ceiling}", f"seed={seed}",
+                                     f"train.dir={(root / name / f'seed{seed}').as_posix()}"], smoke=args.smoke)
+
+
+# ------------------------------------------------------------------------------ the features row
+
+def features_tokens(cfg: Config):
+    """``seed_fn`` of the ``features`` reference row: E(⊙) with the frozen CLIP's last-block
+    token affinity (centred cosine, softmax at T = 0.1, Sinkhorn, squared)."""
+    import torch
+
+    from dfa.affinity import feature_affinity
+    from dfa.cam import minmax_tokens
+    from dfa.model import TokenScores
+    from dfa.refine import product_affinity
+
+    def seed_fn(model, chunk, s_hat, valid):
+        with torch.no_grad():
+            a = product_affinity([feature_affinity(chunk.feats.tokens[:, -1], 0.1)], cfg.affinity.sinkhorn_rounds,
+                                 cfg.affinity.square)
+            fg = minmax_tokens(a @ s_hat[..., 1:]) * valid[:, None, 1:]
+            bg = None if cfg.cam.background == "residual" else (a @ s_hat[..., :1])[..., 0].clamp(0, 1)
+        return TokenScores(fg=fg, bg=bg)
+    return seed_fn
+
+
+# ------------------------------------------------------------------------------ one cell
+
+class Context:
+    """What every cell shares: the frozen extractor, the splits, the labels."""
+
+    def __init__(self, cfg: Config):
+        from dfa.data.dataset import load_labels
+        from dfa.stages.common import class_spec, data_errors, device_of, layout_of, limit
+        from dfa.stages.views import extractor
+
+        self.device = device_of(cfg)
+        self.spec = class_spec(cfg)
+        self.layout = layout_of(cfg)
+        d = cfg.data
+        with data_errors():
+            self.train = limit(self.layout.read_list(d.seed_split), d.max_seed_images)
+            self.tune = limit(self.layout.read_list(d.tune_split), d.max_seed_images)
+            self.val = limit(self.layout.read_list(d.eval_split), d.max_eval_images)
+            self.labels = load_labels(self.layout.labels_path())
+        self.ext = extractor(cfg, self.spec, self.device)
+
+
+def untrained_model(cfg: Config, ctx: Context):
+    from dfa.model import DFA
+    return DFA(cfg, len(ctx.ext.clip.decoder_layers), ctx.ext.clip.width, ctx.spec.num_classes).to(ctx.device).eval()
+
+
+def run_cell(args, entry: Entry, seed: int, ctx: Context, parent_id: str | None, root: Path) -> dict:
+    """Train (or resume, or reuse) one (entry, seed) and score it; returns its metrics."""
+    import json
+
+    from dfa.features_cache import file_digest, fingerprint
+    from dfa.stages.evaluate import decoder_miou
+    from dfa.stages.pseudo import calibrate, score_seeds
     from dfa.stages.train import fit, load_trained
+    from dfa.tracking import stage_run
 
-    cfg = row_config(args, row)
-    with stage_run(cfg, f"row {row}", nested_in=parent_id, extra_tags={"ablation.row": str(row)}) as run:
-        fit(cfg, run)
-        model = load_trained(cfg, device_of(cfg))
-        score = scorer.for_config(cfg, crf=None, default_images=0)
+    cfg = entry_config(args, entry, seed, root)
+    cell_path = Path(cfg.train.dir) / f"cell-{entry.key}.json"
+    tags = {"ablation.row": entry.row, "ablation.ceiling": entry.ceiling, "ablation.seed": str(seed)}
+    with stage_run(cfg, f"{entry.label} · seed {seed}", nested_in=parent_id, extra_tags=tags) as run:
+        model_file = Path(cfg.train.dir) / "model.pt"
+        if entry.trains:
+            fit(cfg, run)
+        needs_model = entry.per_seed
+        fp = fingerprint({"cfg": cfg.flat(), "model": file_digest(model_file) if needs_model else "",
+                          "entry": entry.key})
+        if cell_path.exists():
+            cached = json.loads(cell_path.read_text())
+            if cached.get("fingerprint") == fp:
+                run.log_metrics({k: v for k, v in cached["metrics"].items() if _finite(v)})
+                return cached["metrics"]
+        if needs_model:
+            if not model_file.exists():
+                raise ConfigError(f"{model_file}: the areas ceiling re-scores row 4's model; "
+                                  f"run row 4 (--rows 4) for seed {seed} first")
+            model = load_trained(cfg, ctx.device)
+        else:
+            model = untrained_model(cfg, ctx)
+        fn = features_tokens(cfg) if entry.row == "features" else None
+        kind = "cam" if entry.row == "cam" else "seed"
         with progress() as bar:
-            metrics = score(model, bar)
-        run.log_metrics(metrics)
-    affinity, combination = cfg.ablation.describe()
-    return {"row": row, "affinity": affinity, "combination": combination,
-            "seed_miou": round(metrics["seed_miou"], 2), "mask_miou": round(metrics["mask_miou"], 2),
-            "paper_seed_miou": AblationConfig.PAPER_SEED_MIOU[row], "dataset": cfg.data.name,
-            "cam_miou": round(metrics["cam_miou"], 2)}
+            bg = calibrate(cfg, model, ctx.ext, ctx.layout, ctx.tune, ctx.labels, bar, seed_fn=fn)
+            m, _, _ = score_seeds(cfg, model, ctx.ext, ctx.layout, ctx.train, ctx.labels, bar=bar, bg=bg, seed_fn=fn,
+                                  crf=False if kind == "cam" else None)
+            seg = decoder_miou(cfg, model, ctx.ext, ctx.layout, ctx.val, bar) if entry.trains else float("nan")
+        if kind == "cam":   # the raw CAM row reports the raw CAM as its seed (its mask: CRF on it is not run)
+            m = {**m, "seed_miou": m["cam_miou"], **{f"seed_{s}": m[f"cam_{s}"] for s in SHARES},
+                 "bg_power_seed": m["bg_power_cam"], "mask_miou": float("nan")}
+        metrics = {"seed_miou": m["seed_miou"], "mask_miou": m.get("mask_miou", float("nan")), "seg_miou": seg,
+                   **{s: m[f"seed_{s}"] for s in SHARES}, "bg_power": m["bg_power_seed"],
+                   "cam_miou": m["cam_miou"]}
+        run.log_metrics({k: v for k, v in metrics.items() if _finite(v)})
+        write_json(cell_path, {"fingerprint": fp, "metrics": metrics})
+    return metrics
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+# ------------------------------------------------------------------------------ the table
+
+def aggregate(entry: Entry, cfg: Config, cells: dict[int, dict], seeds: list[int]) -> dict:
+    """One table row: mean ± std (sample std, ddof 1; 0 for one value) over the seeds."""
+    def stat(key):
+        vals = np.array([cells[s][key] for s in seeds if _finite(cells[s][key])], dtype=float)
+        if not len(vals):
+            return float("nan"), float("nan")
+        return float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+    if entry.row.isdigit():
+        tmp = load_config(None, [f"ablation.row={entry.row}"]).ablation
+        affinity, combination = tmp.describe()
+    else:
+        affinity, combination = {"cam": ("identity", "none"), "features": ("CLIP token features", "E(⊙)"),
+                                 "-": ("ground truth per token", "PAR")}[entry.row]
+    row = {"row": entry.row, "ceiling": entry.ceiling, "label": entry.label, "affinity": affinity,
+           "combination": combination, "trained": entry.trains, "dataset": cfg.data.name,
+           "seeds": " ".join(map(str, seeds)),
+           "paper_seed_miou": AblationConfig.PAPER_SEED_MIOU.get(int(entry.row)) if entry.row.isdigit()
+           and entry.ceiling == "none" else float("nan")}
+    for key in ("seed_miou", "mask_miou", "seg_miou"):
+        row[f"{key}_mean"], row[f"{key}_std"] = stat(key)
+    for key in (*SHARES, "bg_power"):
+        row[key] = stat(key)[0]
+    return row
 
 
 def command_line(args) -> str:
@@ -70,6 +251,9 @@ def command_line(args) -> str:
     if sys.argv[1:2] == ["ablation"]:
         return "python -m dfa " + shlex.join(sys.argv[1:])
     parts = ["ablation", "--rows", args.rows]
+    for flag in ("seeds", "ceilings", "name"):
+        if getattr(args, flag, None) is not None:
+            parts += [f"--{flag}", getattr(args, flag)]
     if args.params != "params.yaml":
         parts += ["--params", str(args.params)]
     parts += ["--smoke"] if args.smoke else []
@@ -88,65 +272,111 @@ def commit_label() -> str:
     return commit + (" (with uncommitted changes)" if dirty and commit != "unknown" else "")
 
 
-def markdown(df, cfg: Config, args) -> str:
+def _cell(mean: float, std: float) -> str:
+    return "—" if not math.isfinite(mean) else f"{mean:.1f} ± {std:.1f}"
+
+
+def outputs(name: str) -> tuple[Path, Path, Path]:
+    """``reports/<name>.md``, ``reports/<name>.csv``, ``reports/figures/<name>.png`` (``--name``)."""
+    return MARKDOWN.with_name(f"{name}.md"), CSV.with_name(f"{name}.csv"), FIGURE.with_name(f"{name}.png")
+
+
+def markdown(df, cfg: Config, args, seeds: list[int], wall_s: float, fig: Path = FIGURE) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    split = f"{cfg.data.seed_split} ({'all images' if not cfg.data.max_seed_images else f'first {cfg.data.max_seed_images} images'})"
-    return (f"# Ablation (method.md §7) on {cfg.data.name}\n\n"
+    lines = ["| row | affinity | combination | seed mIoU | mask mIoU | decoder on val | missed fg % | "
+             "wrong class % | bg spill % | bg power | paper (VOC) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in df.itertuples(index=False):
+        paper = "" if not _finite(r.paper_seed_miou) else f"{r.paper_seed_miou:.1f}"
+        lines.append(f"| {r.label} | {r.affinity} | {r.combination} | {_cell(r.seed_miou_mean, r.seed_miou_std)} | "
+                     f"{_cell(r.mask_miou_mean, r.mask_miou_std)} | {_cell(r.seg_miou_mean, r.seg_miou_std)} | "
+                     f"{r.missed_fg:.1f} | {r.wrong_class:.1f} | {r.spill_bg:.1f} | {r.bg_power:g} | {paper} |")
+    return (f"# Ablation (method.md §7, §11, §12) on {cfg.data.name}\n\n"
             f"- command: `{command_line(args)}`\n"
-            f"- date: {when}\n"
+            f"- date: {when}; wall time {wall_s / 60:.1f} min\n"
             f"- git commit: {commit_label()}\n"
-            f"- seeds scored on: {split}; {cfg.train.steps} training steps per row"
-            f"{' (smoke sizes)' if cfg.smoke else ''}\n\n"
-            + df.to_markdown(index=False, floatfmt=".1f") + "\n\n"
-            "`seed_miou`, `mask_miou` and `cam_miou` are mIoU (%) of the refined CAM, of DenseCRF on it and of "
-            "the raw CAM, produced by this run; `paper_seed_miou` is the paper's VOC train number "
-            "(comparable only on VOC).\n\n"
-            f"![seed mIoU against the paper]({FIGURE.relative_to(MARKDOWN.parent).as_posix()})\n")
+            f"- seeds {', '.join(map(str, seeds))}; every cell is mean ± std over them (rows without training "
+            f"are the same for every seed); {cfg.train.steps} training steps per trained cell"
+            f"{' (smoke sizes)' if cfg.smoke else ''}\n"
+            f"- background power of every row chosen on `{cfg.data.tune_split}` from {cfg.refine.bg_grid}; seeds, "
+            f"masks and error shares reported on `{cfg.data.seed_split}`; the decoder on `{cfg.data.eval_split}` "
+            f"(multi-scale + flip, no CRF), for trained rows only\n\n"
+            + "\n".join(lines) + "\n\n"
+            "Ceiling rows feed one module ground truth (method.md §11) and are labelled as such; the error shares are "
+            "of the seed (missed fg and wrong class: % of foreground pixels; bg spill: % of background pixels). A "
+            "claim \"row a beats row b\" needs a difference larger than the two stds added together (§12).\n\n"
+            f"![ablation]({fig.relative_to(MARKDOWN.parent).as_posix()})\n")
 
 
-def bar_chart(df, path: Path, dataset: str) -> None:
+def figure(df, path: Path, dataset: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     x = np.arange(len(df))
-    fig, ax = plt.subplots(figsize=(1.2 * len(df) + 2.5, 3.5))
-    ax.bar(x - 0.2, df["seed_miou"], 0.4, label=f"seed mIoU ({dataset}, this run)")
-    ax.bar(x + 0.2, df["paper_seed_miou"], 0.4, label="paper (VOC train)", color="tab:gray")
-    ax.set_xticks(x, [f"row {r}" for r in df["row"]])
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title("ablation rows: seed mIoU", fontsize=10)
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(1.0 * len(df) + 3, 6.5), sharex=True)
+    colors = ["tab:gray" if c != "none" else "tab:blue" for c in df["ceiling"]]
+    ax.bar(x, df["seed_miou_mean"], 0.6, yerr=df["seed_miou_std"].fillna(0), color=colors, capsize=3)
+    paper = df["paper_seed_miou"].astype(float)
+    ax.scatter(x[paper.notna()], paper[paper.notna()], marker="_", s=300, color="k", label="paper (VOC train)")
+    ax.set_ylabel("seed mIoU (%)")
+    ax.set_title(f"ablation on {dataset}: mean ± std over seeds (grey: ceiling rows)", fontsize=10)
     ax.legend(fontsize=8)
+    w = 0.27
+    for i, (share, col) in enumerate(zip(SHARES, ("tab:orange", "tab:purple", "tab:red"))):
+        ax2.bar(x + (i - 1) * w, df[share], w, label=share.replace("_", " "), color=col)
+    ax2.set_ylabel("% of fg / bg pixels")
+    ax2.legend(fontsize=8, ncol=3)
+    ax2.set_xticks(x, df["label"], rotation=30, ha="right", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
 
 
-def results_table(df) -> Table:
-    table = Table(title=f"ablation on {df['dataset'].iloc[0]}: mIoU (%)")
-    cols = ["row", "affinity", "combination", "cam_miou", "seed_miou", "mask_miou", "paper_seed_miou"]
-    for c, head in zip(cols, ["row", "affinity", "combination", "CAM", "seed", "mask", "paper seed"]):
-        table.add_column(head, justify="right" if c.endswith("miou") or c == "row" else "left")
-    for rec in df[cols].itertuples(index=False):
-        table.add_row(*(f"{v:.1f}" if isinstance(v, float) else str(v) for v in rec))
-    return table
-
-
 def ablation(cfg: Config, args) -> int:
     import pandas as pd
+    from rich.table import Table
 
+    from dfa.tracking import stage_run
+
+    t0 = time.perf_counter()
     rows = parse_rows(args.rows)
-    scorer = SeedScorer()  # one frozen extractor for all rows
-    with stage_run(cfg, "ablation", extra_tags={"ablation.row": ",".join(map(str, rows))}) as parent:
-        results = [run_row(args, r, parent.run_id, scorer) for r in rows]
+    seeds = parse_list(args.seeds, "seeds") if getattr(args, "seeds", None) else list(cfg.ablation.seeds)
+    ceilings = (parse_list(args.ceilings, "ceilings", [c for c in CEILINGS if c != "none"], str)
+                if getattr(args, "ceilings", None) is not None else ["teacher", "labels", "areas", "grid"])
+    if "areas" in ceilings and 4 not in rows:
+        console.print("[yellow]the areas ceiling re-scores row 4's models: they must exist already[/]")
+    plan = entries(rows, ceilings, references=not getattr(args, "no_references", False))
+    ctx = Context(cfg)
+    results = []
+    with stage_run(cfg, "ablation", extra_tags={"ablation.rows": ",".join(map(str, rows)),
+                                                 "ablation.seeds": ",".join(map(str, seeds))}) as parent:
+        for entry in plan:
+            cells = {}
+            for s in (seeds if entry.per_seed else seeds[:1]):
+                cells[s] = run_cell(args, entry, s, ctx, parent.run_id, ablation_root(cfg))
+            for s in seeds:
+                cells.setdefault(s, cells[seeds[0]])           # untrained rows: the same for every seed
+            row = aggregate(entry, cfg, cells, seeds)
+            results.append(row)
+            parent.log_metrics({f"{entry.key}.{k}": v for k, v in row.items()
+                                if k.endswith(("_mean", "_std")) or k in SHARES if _finite(v)})
+        wall = time.perf_counter() - t0
         df = pd.DataFrame(results, columns=COLUMNS)
-        write_text(CSV, df.to_csv(index=False))
-        bar_chart(df, FIGURE, cfg.data.name)
-        write_text(MARKDOWN, markdown(df, cfg, args))
-        for path in (MARKDOWN, CSV, FIGURE):
+        md, csv, fig = outputs(getattr(args, "name", None) or "ablation")
+        write_text(csv, df.to_csv(index=False, float_format="%.3f"))
+        figure(df, fig, cfg.data.name)
+        write_text(md, markdown(df, cfg, args, seeds, wall, fig))
+        parent.log_metrics({"wall_s": wall})
+        for path in (md, csv, fig):
             parent.log_artifact(path, "ablation")
-    console.print(results_table(df))
-    console.print(f"ablation rows {args.rows} → {MARKDOWN}, {CSV}, {FIGURE}")
+    table = Table(title=f"ablation on {cfg.data.name}: seed mIoU, mean ± std over seeds {seeds}")
+    for head in ("row", "seed", "mask", "decoder", "missed", "wrong", "spill"):
+        table.add_column(head, justify="left" if head == "row" else "right")
+    for r in results:
+        table.add_row(r["label"], _cell(r["seed_miou_mean"], r["seed_miou_std"]),
+                      _cell(r["mask_miou_mean"], r["mask_miou_std"]), _cell(r["seg_miou_mean"], r["seg_miou_std"]),
+                      f"{r['missed_fg']:.1f}", f"{r['wrong_class']:.1f}", f"{r['spill_bg']:.1f}")
+    console.print(table)
+    console.print(f"ablation ({len(plan)} rows × seeds {seeds}) in {wall / 60:.1f} min → {md}, {csv}, {fig}")
     return 0

@@ -253,7 +253,7 @@ def synthetic_views(n: int, crop: int, num_fg: int, device, seed: int = 0) -> tu
 
 
 def as_batch(f, images: torch.Tensor, present: torch.Tensor) -> dict:
-    return {"tokens": f.tokens, "attn": f.attn, "sim": f.sim, "sim_bg": f.sim_bg, "present": present,
+    return {"tokens": f.tokens, "attn": f.attn, "cos": f.cos, "cos_bg": f.cos_bg, "present": present,
             "image": images, "grid": f.grid}
 
 
@@ -262,7 +262,7 @@ def make_step(model, opt, device) -> Callable[[dict], float]:
     from dfa.stages.train import train_step
 
     def step(batch: dict) -> float:
-        losses = train_step(model, batch, device)
+        losses = train_step(model, batch, device, 100.0)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         opt.step()

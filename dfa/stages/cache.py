@@ -12,11 +12,11 @@ import torch
 
 from dfa.config import Config
 from dfa.data.dataset import load_labels
-from dfa.data.io import read_image
-from dfa.features_cache import CacheWriter
+from dfa.data.io import read_image, read_mask
+from dfa.features_cache import ARRAYS, CacheWriter
 from dfa.io import write_json
 from dfa.stages.common import class_spec, console, data_errors, layout_of, limit, progress, setup
-from dfa.stages.views import cache_fingerprint, extractor, normalise, square_view
+from dfa.stages.views import cache_fingerprint, extractor, normalise, square_mask, square_view
 from dfa.tracking import stage_run
 
 METRICS = Path("reports/metrics/cache.json")
@@ -35,13 +35,13 @@ def cache(cfg: Config, args=None) -> int:
     dtype = np.float16 if cfg.cache.dtype == "float16" else np.float32
     crop = cfg.data.crop_size
     probe = ext(normalise(square_view(np.zeros((crop, crop, 3), np.uint8), crop)[None], cfg))
-    per_view = sum(t[0].numel() for t in (probe.tokens, probe.attn, probe.sim, probe.sim_bg)) * np.dtype(dtype).itemsize
-    per_view += crop * crop * 3 + len(spec.classes)
+    per_view = sum(t[0].numel() for t in (probe.tokens, probe.attn, probe.cos, probe.cos_bg)) * np.dtype(dtype).itemsize
+    per_view += crop * crop * 4 + len(spec.classes)
     total = per_view * len(names) * len(flips)
     console.print(f"feature cache: {len(names)} images × {len(flips)} views × {per_view / 2**20:.2f} MiB "
                   f"= {total / 2**30:.2f} GiB estimated → {cfg.cache.dir}")
     meta = {"views_per_image": len(flips), "grid": list(probe.grid), "crop": crop, "classes": spec.classes,
-            "bytes_per_view": per_view}
+            "background": spec.background, "logit_scale": ext.logit_scale, "bytes_per_view": per_view}
     writer = CacheWriter(cfg.cache.dir, fp, meta)
     if writer.stale:
         console.print(f"{cfg.cache.dir}: made with other params or another backbone; rebuilding")
@@ -52,19 +52,21 @@ def cache(cfg: Config, args=None) -> int:
         bs = cfg.cache.shard_size
         for start in range(0, len(todo), bs):
             chunk = todo[start:start + bs]
-            arrays: dict[str, list] = {k: [] for k in ("tokens", "attn", "sim", "sim_bg", "image", "label")}
+            arrays: dict[str, list] = {k: [] for k in ARRAYS}
             for i in range(0, len(chunk), 32):
                 sub = chunk[i:i + 32]
                 with data_errors():
                     raw = [read_image(layout.image_path(n)) for n in sub]
+                    gts = [read_mask(layout.mask_path(n)) for n in sub]
                 views = np.stack([square_view(im, crop, f) for im in raw for f in flips])
                 present = torch.tensor(np.stack([labels[n] for n in sub for _ in flips]) > 0)
                 feats = ext(normalise(views, cfg), present)
                 arrays["tokens"].append(feats.tokens.cpu().numpy().astype(dtype))
                 arrays["attn"].append(feats.attn.cpu().numpy().astype(dtype))
-                arrays["sim"].append(feats.sim.cpu().numpy().astype(dtype))
-                arrays["sim_bg"].append(feats.sim_bg.cpu().numpy().astype(dtype))
+                arrays["cos"].append(feats.cos.cpu().numpy().astype(dtype))
+                arrays["cos_bg"].append(feats.cos_bg.cpu().numpy().astype(dtype))
                 arrays["image"].append(views)
+                arrays["mask"].append(np.stack([square_mask(m, crop, f) for m in gts for f in flips]))
                 arrays["label"].append(present.numpy().astype(np.uint8))
                 bar.update(task, advance=len(sub))
             writer.write_shard(chunk, {k: np.concatenate(v) for k, v in arrays.items()})

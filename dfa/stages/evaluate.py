@@ -52,6 +52,22 @@ def segment_probs(cfg: Config, model, ext, image: np.ndarray, device) -> torch.T
     return (total / total.sum(0, keepdim=True)).cpu()
 
 
+@torch.no_grad()
+def decoder_miou(cfg: Config, model, ext, layout, names: list[str], bar=None) -> float:
+    """The decoder's mIoU (%) on ``names`` with ``eval.scales`` and flips, without CRF (the
+    ablation's per-row segmentation column)."""
+    conf = torch.zeros(model.num_classes, model.num_classes, dtype=torch.int64)
+    task = bar.add_task("decoder on val", total=len(names), info="") if bar is not None else None
+    for name in names:
+        with data_errors():
+            image, gt = read_image(layout.image_path(name)), read_mask(layout.mask_path(name))
+        pred = segment_probs(cfg, model, ext, image, ext.device).argmax(0)
+        conf += confusion_matrix(pred, torch.from_numpy(gt.astype(np.int64)), model.num_classes)
+        if bar is not None:
+            bar.update(task, advance=1)
+    return 100 * miou(conf)[0]
+
+
 def evaluate(cfg: Config, args=None) -> int:
     device = setup(cfg)
     spec = class_spec(cfg)

@@ -11,6 +11,7 @@ from pathlib import Path
 from dfa.config import Config
 from dfa.data import checker, download, synthetic
 from dfa.data.layout import Layout
+from dfa.data.splits import ensure_tune
 from dfa.errors import WorkbenchError
 from dfa.io import write_json
 from dfa.stages.common import console, data_errors, progress
@@ -28,8 +29,8 @@ def prepare(cfg: Config, args=None) -> int:
             with progress() as bar:
                 task = bar.add_task("generate synthetic benchmark", total=total, info=str(root))
                 synthetic.generate(root, seed=s.seed, num_train_aug=s.num_train_aug, num_train=s.num_train,
-                                   num_val=s.num_val, num_pretrain=s.num_pretrain,
-                                   size_range=tuple(s.size_range),
+                                   num_tune=s.num_tune, num_val=s.num_val, num_pretrain=s.num_pretrain,
+                                   size_range=tuple(s.size_range), variant=s.variant,
                                    progress=lambda n: bar.update(task, advance=n))
         elif cfg.data.name == "voc" and cfg.data.download and not download.voc_ready(root):
             with progress() as bar, data_errors():
@@ -43,7 +44,11 @@ def prepare(cfg: Config, args=None) -> int:
                                  f"described in README.md (VOCdevkit/VOC2012 style) and point data.root at it")
         layout = Layout(root, cfg.data.name)
         spec = checker.spec_for(cfg.data.name, root)
-        splits = [cfg.data.train_split, cfg.data.seed_split, cfg.data.eval_split]
+        d = cfg.data
+        with data_errors():
+            if ensure_tune(layout, d.train_split, d.seed_split, d.eval_split, d.tune_split, cfg.seed):
+                console.print(f"wrote the tune split {layout.list_path(d.tune_split)} (method.md §12)")
+        splits = [cfg.data.train_split, cfg.data.seed_split, cfg.data.tune_split, cfg.data.eval_split]
         splits = list(dict.fromkeys(splits))
         with progress() as bar:
             task = bar.add_task("check dataset", total=None, info=str(root))

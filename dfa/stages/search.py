@@ -142,27 +142,29 @@ def trial_config(args, cfg: Config, space: Space, values: dict[str, Any], train_
 # ------------------------------------------------------------------------------ scoring
 
 class SeedScorer:
-    """Seed mIoU of a model on the first images of the seed split (crf off unless needed).
+    """Seed mIoU of a model on the first images of the ``tune`` split (method.md §12: studies
+    and defaults are chosen there, never on ``train`` or ``val``); crf off unless needed.
 
-    The frozen extractor is kept across trials and rows with the same CLIP params: loading
-    ViT-B-16 per trial would cost more than scoring.
+    Each score calibrates the background power on the same tune images first (§5), so a
+    trial is judged by what its row gives with its background tuned, as every row is. The
+    frozen extractor is kept across trials with the same CLIP params.
     """
 
     def __init__(self):
         self._extractors: dict[str, Any] = {}
 
-    def for_config(self, cfg: Config, crf: bool | None = False,
-                   default_images: int = SCORE_IMAGES) -> Callable[..., dict[str, float]]:
-        """A ``score(model, bar=None)`` for ``cfg``; ``default_images`` applies when
-        ``data.max_seed_images`` is 0 (0 again = the whole split)."""
-        from dfa.stages.pseudo import score_seeds
+    def for_config(self, cfg: Config, crf: bool | None = False, default_images: int = SCORE_IMAGES,
+                   split: str | None = None) -> Callable[..., dict[str, float]]:
+        """A ``score(model, bar=None)`` for ``cfg`` on ``split`` (default ``data.tune_split``);
+        ``default_images`` applies when ``data.max_seed_images`` is 0 (0 again = the whole split)."""
+        from dfa.stages.pseudo import calibrate, score_seeds
         from dfa.stages.views import extractor
 
         device = device_of(cfg)
         spec = class_spec(cfg)
         layout = layout_of(cfg)
         with data_errors():
-            names = limit(layout.read_list(cfg.data.seed_split), cfg.data.max_seed_images or default_images)
+            names = limit(layout.read_list(split or cfg.data.tune_split), cfg.data.max_seed_images or default_images)
             labels = load_labels(layout.labels_path())
         key = json.dumps([cfg.clip.__dict__, cfg.data.name, cfg.data.root, str(device)], sort_keys=True, default=str)
         if key not in self._extractors:
@@ -170,9 +172,8 @@ class SeedScorer:
         ext = self._extractors[key]
 
         def score(model, bar=None) -> dict[str, float]:
-            metrics, _, _ = score_seeds(cfg, model, ext, layout, names, labels, out=None, bar=bar, crf=crf)
-            if crf is False:
-                metrics.pop("mask_miou")  # without DenseCRF it is the seed score again
+            bg = calibrate(cfg, model, ext, layout, names, labels, bar)
+            metrics, _, _ = score_seeds(cfg, model, ext, layout, names, labels, out=None, bar=bar, crf=crf, bg=bg)
             return metrics
         return score
 

@@ -29,7 +29,8 @@ from dfa.data.transforms import TrainTransform
 from dfa.errors import NumericalError, WorkbenchError
 from dfa.features_cache import CachedViews, fingerprint
 from dfa.io import save_torch, write_json, write_text
-from dfa.model import DFA
+from dfa.losses import token_labels
+from dfa.model import DFA, decoder_areas
 from dfa.stages.common import class_spec, console, data_errors, layout_of, progress, setup
 from dfa.stages.views import cache_fingerprint, extractor, normalise
 from dfa.tracking import stage_run
@@ -92,10 +93,15 @@ class Batches:
             if meta["classes"] != spec.classes:
                 raise WorkbenchError(f"{cfg.cache.dir}: cached classes differ from the dataset's")
             self.grid = tuple(meta["grid"])
+            self.logit_scale = float(meta.get("logit_scale", 100.0))
             if cfg.cache.prefetch > 0:
                 self._reader = ThreadPoolExecutor(1, thread_name_prefix="dfa-cache-reader")
         else:
+            if cfg.ablation.ceiling in ("teacher", "labels"):
+                raise WorkbenchError(f"ablation.ceiling={cfg.ablation.ceiling} trains from the ground truth of the "
+                                     "cached views: set cache.enabled=true")
             self.extract = extractor(cfg, spec, device)
+            self.logit_scale = self.extract.logit_scale
             with data_errors():
                 self.data = WSSSDataset(layout, cfg.data.train_split, with_mask=False, num_fg=len(spec.classes),
                                         transform=TrainTransform(cfg.data.crop_size, tuple(cfg.data.scale_range),
@@ -147,15 +153,15 @@ class Batches:
                 job, self._state_after = self._ahead.popleft()
                 b = job.result()
             dev = {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
-            return {"tokens": dev["tokens"].float(), "attn": dev["attn"].float(), "sim": dev["sim"].float(),
-                    "sim_bg": dev["sim_bg"].float(), "present": dev["label"].bool(),
+            return {"tokens": dev["tokens"].float(), "attn": dev["attn"].float(), "cos": dev["cos"].float(),
+                    "cos_bg": dev["cos_bg"].float(), "present": dev["label"].bool(), "mask": dev["mask"].long(),
                     "image": normalise(dev["image"], self.cfg), "grid": self.grid}
         with data_errors():
             items = [self.data[i] for i in self._draw()]
         images = torch.stack([it["image"] for it in items])
         present = torch.stack([it["label"] for it in items]) > 0
         f = self.extract(images, present)
-        return {"tokens": f.tokens, "attn": f.attn, "sim": f.sim, "sim_bg": f.sim_bg, "present": present,
+        return {"tokens": f.tokens, "attn": f.attn, "cos": f.cos, "cos_bg": f.cos_bg, "present": present,
                 "image": images, "grid": f.grid}
 
 
@@ -177,18 +183,35 @@ def set_rng_state(state: dict, batches: Batches) -> None:
     random.setstate(state["python"])
 
 
-def train_step(model: DFA, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    """One forward pass: affinities, pseudo-labels (no gradient), losses."""
+def train_step(model: DFA, batch: dict, device: torch.device, logit_scale: float,
+               active: bool = True) -> dict[str, torch.Tensor]:
+    """One forward pass: affinities, decoder, pseudo-labels (no gradient), losses.
+
+    ``active``: past the warm-up (``loss.align_start``): L_a and L_r on, and the decoder's
+    areas feed ``ot.prior: decoder``. The ``teacher`` / ``labels`` ceilings (§11) read the
+    view's ground truth at token resolution.
+    """
+    cfg = model.cfg
     grid = tuple(batch["grid"])
     image = batch["image"].to(device)
-    size = tuple(image.shape[-2:])
     aff = model.affinities(batch["attn"].to(device), grid)
     for name, t in (("affinity A_s", aff.s), ("affinity A_inv", aff.inv)):
         if t is not None and not torch.isfinite(t).all():  # the OT solver would reject it anyway
             return {name: t.sum()}
-    refined = model.refine(aff, batch["sim"].to(device), batch["sim_bg"].to(device),
-                           batch["present"].to(device), image, grid)
-    return model.losses(batch["tokens"].to(device), aff, refined.labels, grid, size)
+    s_hat, valid = model.class_scores(batch["cos"].to(device), batch["cos_bg"].to(device),
+                                      batch["present"].to(device), logit_scale)
+    logits, f_d = model.run_decoder(batch["tokens"].to(device), grid)
+    areas, prior_kind = None, None
+    if cfg.ot.prior == "decoder":  # before the warm-up ends the decoder knows nothing: CAM areas
+        if active:
+            areas = decoder_areas(logits.detach(), valid)
+        else:
+            prior_kind = "cam_area"
+    refined = model.refine(aff, s_hat, valid, image, grid, areas=areas, prior_kind=prior_kind)
+    gt = None
+    if cfg.ablation.ceiling in ("teacher", "labels"):
+        gt = token_labels(batch["mask"].to(device), grid, model.num_classes, "majority")
+    return model.losses(logits, f_d, aff, refined, grid, active, gt)
 
 
 def fit(cfg: Config, run, callback=None) -> dict:
@@ -246,13 +269,16 @@ def fit(cfg: Config, run, callback=None) -> dict:
         stop["signal"] = signum
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    sizes = resolved_sizes(model, first["grid"])
+    run.log_params({f"resolved.{k}": v for k, v in sizes.items()})
+    warmup = round(cfg.loss.align_start * cfg.train.steps)
     model.train()
     try:
         with progress() as bar:
             task = bar.add_task("train DFA", total=cfg.train.steps, completed=start, info="")
             for step in range(start, cfg.train.steps):
                 batch = batches.next()
-                losses = train_step(model, batch, device)
+                losses = train_step(model, batch, device, batches.logit_scale, active=step >= warmup)
                 bad = [k for k, v in losses.items() if not torch.isfinite(v)]
                 if bad:
                     raise NumericalError(f"non-finite loss at step {step}: term '{bad[0]}' = "
@@ -288,7 +314,13 @@ def fit(cfg: Config, run, callback=None) -> dict:
                                       "classes": spec.classes, "state_digest": digest})
     save_resume(cfg.train.steps)
     return {"final_step": cfg.train.steps, "state_digest": digest, "curve": curve, "alpha": float(model.alpha),
-            "final_loss": float(np.mean([r["loss_total"] for r in curve[-20:]])) if curve else None}
+            "final_loss": float(np.mean([r["loss_total"] for r in curve[-20:]])) if curve else None,
+            "grid": list(first["grid"]), "resolved": sizes}
+
+
+def resolved_sizes(model: DFA, grid) -> dict[str, str]:
+    """The §10 sizes on this grid (``auto`` resolved), as logged with the run: "h×w" per axis."""
+    return {f"{k}": "×".join(map(str, v)) for k, v in model.sizes(tuple(grid)).items()}
 
 
 def train(cfg: Config, args=None) -> int:

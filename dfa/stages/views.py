@@ -11,12 +11,18 @@ from dfa.backbone.dense import DenseExtractor
 from dfa.backbone.load import load_backbone
 from dfa.config import Config
 from dfa.data.classes import ClassSpec
-from dfa.features_cache import file_digest, fingerprint
+from dfa.features_cache import FORMAT, file_digest, fingerprint
 
 
 def square_view(image: np.ndarray, size: int, flip: bool = False) -> np.ndarray:
     """uint8 HxWx3 → the cached view: resized to size×size (bilinear), optionally mirrored."""
     out = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return np.ascontiguousarray(out[:, ::-1]) if flip else out
+
+
+def square_mask(mask: np.ndarray, size: int, flip: bool = False) -> np.ndarray:
+    """uint8 HxW label map → the view's labels: resized to size×size (nearest), optionally mirrored."""
+    out = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
     return np.ascontiguousarray(out[:, ::-1]) if flip else out
 
 
@@ -39,7 +45,7 @@ def cache_fingerprint(cfg: Config, names: list[str]) -> str:
     """Everything that changes cached tensors: a cache with another value is rebuilt."""
     c = cfg.clip
     return fingerprint({
-        "model": c.model, "pretrained": c.pretrained, "checkpoint": file_digest(c.checkpoint),
+        "format": FORMAT, "model": c.model, "pretrained": c.pretrained, "checkpoint": file_digest(c.checkpoint),
         "last_k": c.last_k, "similarity": c.similarity, "templates": c.templates, "precision": c.precision,
         "decoder_layers": c.decoder_layers,
         "data": cfg.data.name, "root": str(cfg.data.root), "split": cfg.data.train_split,
