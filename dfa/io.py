@@ -49,8 +49,10 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # Saved through a file object: given a path, torch.save names the archive's records after
+    # the (random) temporary file name, so equal objects would give different bytes.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def save_image(path: str | os.PathLike, image: Any, **kwargs: Any) -> None:

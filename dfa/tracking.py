@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from dfa.config import Config
+from dfa.repo import git_commit, repo_root
 
 PIPELINE_TAG = "dfa.pipeline_id"
 
@@ -95,8 +96,6 @@ class Run(NullRun):
 def client_for(cfg: Config):
     """(MlflowClient, experiment_id), creating the experiment with an absolute artifact root."""
     from mlflow.tracking import MlflowClient
-    from dfa.stages.common import repo_root
-
     root = repo_root()
     uri = resolve_uri(cfg.tracking.uri, root)
     client = MlflowClient(tracking_uri=uri)
@@ -111,7 +110,6 @@ def client_for(cfg: Config):
 
 
 def _tags(cfg: Config) -> dict[str, str]:
-    from dfa.stages.common import git_commit
     return {"mlflow.source.git.commit": git_commit(), "dataset": cfg.data.name,
             "ablation.row": str(cfg.ablation.row), "smoke": str(cfg.smoke)}
 

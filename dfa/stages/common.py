@@ -1,9 +1,7 @@
 """What every stage shares: repository paths, device, seeds, dataset handles, progress bars."""
 from __future__ import annotations
 
-import os
 import random
-import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,30 +14,9 @@ from dfa.config import Config
 from dfa.data.classes import ClassSpec, spec_for
 from dfa.data.layout import DataError, Layout
 from dfa.errors import WorkbenchError
+from dfa.repo import git_commit, repo_root  # noqa: F401  (stages import them from here)
 
 console = Console(stderr=True)
-
-
-def repo_root() -> Path:
-    """The repository root: ``DVC_ROOT`` under DVC (``dvc exp run --temp`` works in a copy), else
-    the git top level of the working directory, else the working directory."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
-    try:
-        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return Path(out.stdout.strip()).resolve()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return Path.cwd().resolve()
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
 
 
 def device_of(cfg: Config) -> torch.device:
