@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from dfa.config import AblationConfig, Config, ConfigError, load_config
+from dfa.config import AblationConfig, Config, ConfigError, load_config, out_path
 from dfa.io import atomic_path, write_text
 from dfa.stages.common import console, device_of, git_commit, progress
 from dfa.stages.search import SeedScorer
@@ -41,8 +41,8 @@ def parse_rows(text: str) -> list[int]:
 
 
 def row_config(args, row: int) -> Config:
-    folder = "ablation-smoke" if args.smoke else "ablation"
-    return load_config(args.params, [*args.overrides, f"ablation.row={row}", f"train.dir=checkpoints/{folder}/row{row}"],
+    folder = out_path("checkpoints/ablation", args.smoke).as_posix()
+    return load_config(args.params, [*args.overrides, f"ablation.row={row}", f"train.dir={folder}/row{row}"],
                        smoke=args.smoke)
 
 
@@ -142,11 +142,12 @@ def ablation(cfg: Config, args) -> int:
     with stage_run(cfg, "ablation", extra_tags={"ablation.row": ",".join(map(str, rows))}) as parent:
         results = [run_row(args, r, parent.run_id, scorer) for r in rows]
         df = pd.DataFrame(results, columns=COLUMNS)
-        write_text(CSV, df.to_csv(index=False))
-        bar_chart(df, FIGURE, cfg.data.name)
-        write_text(MARKDOWN, markdown(df, cfg, args))
-        for path in (MARKDOWN, CSV, FIGURE):
+        md, csv, figure = cfg.out(MARKDOWN), cfg.out(CSV), cfg.out(FIGURE)  # under smoke/ with --smoke
+        write_text(csv, df.to_csv(index=False))
+        bar_chart(df, figure, cfg.data.name)
+        write_text(md, markdown(df, cfg, args))
+        for path in (md, csv, figure):
             parent.log_artifact(path, "ablation")
     console.print(results_table(df))
-    console.print(f"ablation rows {args.rows} → {MARKDOWN}, {CSV}, {FIGURE}")
+    console.print(f"ablation rows {args.rows} → {md}, {csv}, {figure}")
     return 0

@@ -1,6 +1,7 @@
 """What every stage shares: repository paths, device, seeds, dataset handles, progress bars."""
 from __future__ import annotations
 
+import os
 import random
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dfa.config import Config
+from dfa.io import write_json
 from dfa.data.classes import ClassSpec, spec_for
 from dfa.data.layout import DataError, Layout
 from dfa.errors import WorkbenchError
@@ -28,11 +30,30 @@ def device_of(cfg: Config) -> torch.device:
 
 
 def setup(cfg: Config) -> torch.device:
-    """Threads, seeds, device: the first call of every stage."""
+    """Threads, deterministic kernels, seeds, device: the first call of every stage."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    device = device_of(cfg)
+    if cfg.deterministic:
+        # cuBLAS reads its workspace setting when CUDA starts, so it is set before any CUDA work.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
     seed_everything(cfg.seed)
-    return device_of(cfg)
+    return device
+
+
+def run_env(cfg: Config) -> dict:
+    """What a metric's last digits depend on besides params, code and data: the thread count,
+    torch's version, the CPU kernel family torch dispatched to and the device."""
+    return {"threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": device_of(cfg).type,
+            "deterministic": cfg.deterministic}
+
+
+def write_metrics(cfg: Config, path: str | Path, metrics: dict) -> None:
+    """A stage's metrics JSON (under ``smoke/`` with --smoke), with :func:`run_env` as ``env``."""
+    write_json(cfg.out(path), {**metrics, "env": run_env(cfg)})
 
 
 def seed_everything(seed: int) -> None:

@@ -29,7 +29,7 @@ from dfa.features_cache import file_digest, fingerprint
 from dfa.io import write_json
 from dfa.metrics import confusion_matrix, miou
 from dfa.refine import cams_to_label
-from dfa.stages.common import class_spec, console, data_errors, layout_of, limit, progress, setup
+from dfa.stages.common import class_spec, console, data_errors, layout_of, limit, progress, setup, write_metrics
 from dfa.stages.report import save_grid, iou_table
 from dfa.stages.train import load_trained
 from dfa.stages.views import extractor, normalise, square_view
@@ -104,7 +104,7 @@ def pseudo(cfg: Config, args=None) -> int:
         labels = load_labels(layout.labels_path())
     model = load_trained(cfg, device)
     ext = extractor(cfg, spec, device)
-    out = OUTPUTS
+    out = cfg.out(OUTPUTS)
     fp = fingerprint({"model": file_digest(Path(cfg.train.dir) / "model.pt"), "cfg": cfg.flat()})
     stamp = out / "fingerprint.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("fp") != fp:
@@ -115,11 +115,11 @@ def pseudo(cfg: Config, args=None) -> int:
         metrics, ious, grid_rows = score_seeds(cfg, model, ext, layout, names, labels, out, bar)
         metrics.update(dataset=cfg.data.name, split=cfg.data.seed_split, images=len(names),
                        ablation_row=cfg.ablation.row)
-        write_json(METRICS, metrics)
-        save_grid(GRID, grid_rows, ["image", "ground truth", "raw CAM", "refined CAM (seed)", "pseudo mask"])
+        write_metrics(cfg, METRICS, metrics)
+        save_grid(cfg.out(GRID), grid_rows, ["image", "ground truth", "raw CAM", "refined CAM (seed)", "pseudo mask"])
         table = iou_table(["background", *spec.classes], ious)
         run.log_metrics({k: v for k, v in metrics.items() if k.endswith("miou")})
-        run.log_artifact(GRID)
+        run.log_artifact(cfg.out(GRID))
         run.log_text(table, "per_class_iou.md")
     console.print(table)
     console.print(f"pseudo ({cfg.data.name}/{cfg.data.seed_split}, row {cfg.ablation.row}): raw CAM "
