@@ -24,9 +24,10 @@ def stores(tmp_path_factory) -> Path:
 
 
 def mlflow_runs(db: Path, flt: str):
+    """Runs of the smoke experiment (every search and ablation here runs with --smoke)."""
     from mlflow.tracking import MlflowClient
     c = MlflowClient(tracking_uri=f"sqlite:///{db}")
-    return c.search_runs([c.get_experiment_by_name("dfa").experiment_id], filter_string=flt, max_results=100)
+    return c.search_runs([c.get_experiment_by_name("dfa-smoke").experiment_id], filter_string=flt, max_results=100)
 
 
 # ------------------------------------------------------------------------------ spaces
@@ -93,9 +94,9 @@ def test_search_cli_two_trials_then_one_more(smoke_workspace, dfa_cli, stores):
     for r in trials:
         assert r.info.status == "FINISHED" and "seed_miou" in r.data.metrics
         assert r.data.params["trial.frequency.ratio"] == r.data.params["frequency.ratio"]
-        assert r.data.params["train.dir"] == f"checkpoints/search/smoke/trial_{r.data.tags['optuna.trial']}"
+        assert r.data.params["train.dir"] == f"smoke/checkpoints/search/smoke/trial_{r.data.tags['optuna.trial']}"
 
-    out = smoke_workspace / "reports/search/smoke"
+    out = smoke_workspace / "smoke/reports/search/smoke"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"] == {"complete": 2, "pruned": 0, "failed": 0, "running": 0, "waiting": 0}
     assert summary["best"]["number"] == study.best_trial.number
@@ -116,17 +117,17 @@ def test_ablation_cli_writes_the_table(smoke_workspace, dfa_cli, stores):
 
     mlflow_db = stores / "mlflow.db"
     dfa_cli(smoke_workspace, "ablation", "--smoke", "--rows", "0,4", "-S", f"tracking.uri=sqlite:///{mlflow_db}")
-    df = pd.read_csv(smoke_workspace / "reports/ablation.csv")
+    df = pd.read_csv(smoke_workspace / "smoke/reports/ablation.csv")
     assert list(df.columns) == ["row", "affinity", "combination", "seed_miou", "mask_miou", "paper_seed_miou",
                                 "dataset", "cam_miou"]
     assert df["row"].tolist() == [0, 4] and set(df["dataset"]) == {"synthetic"}
     assert df["paper_seed_miou"].tolist() == [64.8, 79.1]
     assert df["affinity"].tolist() == ["A_s", "A_la, A_ha"]
     assert df[["seed_miou", "mask_miou", "cam_miou"]].apply(lambda c: c.between(0, 100)).all().all()
-    md = (smoke_workspace / "reports/ablation.md").read_text()
+    md = (smoke_workspace / "smoke/reports/ablation.md").read_text()
     assert "on synthetic" in md and "python -m dfa ablation --smoke --rows 0,4" in md and "git commit" in md
     assert md.count("| synthetic ") == 2
-    assert (smoke_workspace / "reports/figures/ablation.png").exists()
+    assert (smoke_workspace / "smoke/reports/figures/ablation.png").exists()
     (parent,) = mlflow_runs(mlflow_db, "tags.stage = 'ablation'")
     rows = mlflow_runs(mlflow_db, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert sorted(r.data.tags["ablation.row"] for r in rows) == ["0", "4"]
@@ -166,7 +167,7 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(in_workspace, stores):
     study = run_search(stores, space, 2, "fails")
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
     assert all(t.user_attrs["error"].startswith("ConfigError: frequency.ratio") for t in study.trials)
-    summary = json.loads((in_workspace / "reports/search/fails/summary.json").read_text())
+    summary = json.loads((in_workspace / "smoke/reports/search/fails/summary.json").read_text())
     assert summary["counts"]["failed"] == 2 and summary["best"] is None
     assert summary["importances"] is None and "at least 2 complete trials" in summary["importances_note"]
     assert "frequency.ratio" in summary["failures"]["0"]
