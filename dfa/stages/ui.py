@@ -15,17 +15,15 @@ from pathlib import Path
 from dfa.config import Config
 from dfa.errors import WorkbenchError
 from dfa.repo import repo_root
-from dfa.stages.common import console
 from dfa.tracking import client_for, landing_url, resolve_uri
 
 
 def ui(cfg: Config, args) -> int:
     uri = resolve_uri(cfg.tracking.uri, repo_root())
     _, experiment_id = client_for(cfg)  # creates the store if needed; sets the experiment's kind and view
-    console.print(f"MLflow UI on {uri}\nruns of experiment {cfg.tracking.experiment!r}: "
-                  f"{landing_url(f'http://{args.host}:{args.port}', experiment_id)}", highlight=False)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    # plain print: a console would wrap the long URL on a narrow terminal
+    print(f"MLflow UI on {uri}\nruns of experiment {cfg.tracking.experiment!r}: "
+          f"{landing_url(f'http://{args.host}:{args.port}', experiment_id)}", flush=True)
     os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                               "--host", args.host, "--port", str(args.port)])
     return 0  # not reached
@@ -38,6 +36,6 @@ def dashboard(cfg: Config, args) -> int:
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
         raise WorkbenchError(f"{url[len('sqlite:///'):]}: no study storage yet (search.storage; "
                              f"`dfa search` creates it)")
-    console.print(f"optuna-dashboard on {url}: http://{args.host}:{args.port}/", highlight=False)
+    print(f"optuna-dashboard on {url}: http://{args.host}:{args.port}/", flush=True)
     run_server(url, host=args.host, port=args.port)
     return 0
