@@ -17,7 +17,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-
 from tests.conftest import REPO, cli_env
 
 
