@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dfa.config import Config
-from dfa.io import write_json
 from dfa.data.classes import ClassSpec, spec_for
 from dfa.data.layout import DataError, Layout
 from dfa.errors import WorkbenchError
+from dfa.io import write_json
 from dfa.repo import git_commit, repo_root  # noqa: F401  (stages import them from here)
 
 console = Console(stderr=True)
