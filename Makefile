@@ -4,7 +4,7 @@ PY := .venv/bin/python
 STAMP := .venv/.installed
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup test test-fast repro ablation-table bench ui clean-smoke
+.PHONY: setup test test-fast repro ablation-table bench ui dashboard clean-smoke
 
 # .venv is (re)built when missing or older than pyproject.toml.
 $(STAMP): pyproject.toml
@@ -33,5 +33,14 @@ ablation-table: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m dfa bench
 
+# MLflow's UI on the tracking store; prints the URL of the runs table to open.
 ui: $(STAMP)
-	.venv/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+	$(PY) -m dfa ui --host 127.0.0.1 --port 5000
+
+# optuna-dashboard on the study storage (search.storage).
+dashboard: $(STAMP)
+	$(PY) -m dfa dashboard --host 127.0.0.1 --port 8080
+
+# Everything --smoke wrote (its MLflow runs stay in the store, in the experiment <name>-smoke).
+clean-smoke:
+	rm -rf smoke

@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 COMMANDS = {
     "prepare": ("dfa.stages.prepare", "generate the embedded benchmark or validate a real dataset"),
-    "check-data": ("dfa.stages.prepare", "validate a dataset tree (VOC layout)"),
+    "check-data": ("dfa.stages.prepare", "validate a dataset tree (VOC layout; the kind is guessed unless --kind)"),
     "pretrain-clip": ("dfa.stages.pretrain_clip", "pretrain the embedded benchmark's small CLIP"),
     "cache": ("dfa.stages.cache", "cache frozen-CLIP features for training"),
     "train": ("dfa.stages.train", "train the DFA affinity heads and decoder"),
@@ -25,7 +25,10 @@ COMMANDS = {
     "search": ("dfa.stages.search", "an Optuna study over a search space in experiments/"),
     "ablation": ("dfa.stages.ablation", "the ablation table: rows 0-4, references and ceilings over seeds"),
     "bench": ("dfa.stages.bench", "speed benchmarks against peers, written to reports/bench.json"),
+    "ui": ("dfa.stages.ui", "serve MLflow's UI on the tracking store; prints the runs table's URL"),
+    "dashboard": ("dfa.stages.ui", "serve optuna-dashboard on the study storage (search.storage)"),
 }
+SERVER_PORTS = {"ui": 5000, "dashboard": 8080}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text)
         if name == "check-data":
             p.add_argument("root", help="dataset root")
-            p.add_argument("--kind", default=None, help="voc | coco | synthetic | custom (default: from params)")
+            p.add_argument("--kind", default=None,
+                           help="voc | coco | synthetic | custom (default: guessed from the tree, and said)")
             p.add_argument("--split", action="append", default=None, help="split(s) to check")
         if name == "search":
             p.add_argument("--space", required=True, help="search space YAML (experiments/*.yaml)")
@@ -59,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--only", default=None,
                            help="comma-separated sections (sinkhorn,train_step,crf,gpu; default all)")
             p.add_argument("--out", default=None, help="report path (default reports/bench.json)")
+        if name in SERVER_PORTS:
+            p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+            p.add_argument("--port", type=int, default=SERVER_PORTS[name],
+                           help=f"port (default {SERVER_PORTS[name]})")
     return parser
 
 

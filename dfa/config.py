@@ -435,7 +435,11 @@ class SearchConfig:
 class Config:
     device: str = "auto"
     seed: int = 0
-    threads: int = 0  # 0 = torch default
+    # torch's intra-op threads. Fixed, because how a sum is split over threads changes its
+    # rounding: 0 (torch's default, one per core) makes the numbers depend on the machine.
+    threads: int = 2
+    # torch.use_deterministic_algorithms (warn-only); on CUDA also a fixed cuBLAS workspace.
+    deterministic: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -456,6 +460,7 @@ class Config:
 
     def check(self) -> None:
         _choice("device", self.device, ("auto", "cpu", "cuda"))
+        _nonneg("threads", self.threads)
         for f in dataclasses.fields(self):
             sub = getattr(self, f.name)
             if hasattr(sub, "check"):
@@ -467,6 +472,11 @@ class Config:
     def flat(self) -> dict[str, Any]:
         """Dotted-key view, for MLflow params and fingerprints."""
         return flatten(self.to_dict())
+
+    def out(self, path: str | Path) -> Path:
+        """Where this run writes a stage's fixed artifact (``reports/metrics/train.json``,
+        ``outputs/pseudo``, ...): see :func:`out_path`."""
+        return out_path(path, self.smoke)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -508,12 +518,30 @@ SMOKE_OVERRIDES = {
 }
 
 
+# --smoke writes under smoke/ only, mirroring the normal layout, and logs to its own MLflow
+# experiment (``<tracking.experiment>-smoke``), so checking an install never touches a real
+# run's results. What the pipeline derives from the data goes there for every dataset ...
+SMOKE_ROOT = Path("smoke")
 SMOKE_PATHS = {
-    "data.root": "data/synthetic-smoke",
-    "clip.checkpoint": "checkpoints/clip-smoke/model.pt",
-    "cache.dir": "cache/features-smoke",
-    "train.dir": "checkpoints/dfa-smoke",
+    "cache.dir": "smoke/cache/features",
+    "train.dir": "smoke/checkpoints/dfa",
+    "search.storage": "sqlite:///smoke/optuna.db",
 }
+# ... and on the embedded benchmark the dataset and the small CLIP are made by the pipeline
+# too. A real dataset (voc, coco, custom) and its CLIP are inputs: read where they are.
+SMOKE_SYNTHETIC_PATHS = {
+    "data.root": "smoke/data/synthetic",
+    "clip.checkpoint": "smoke/checkpoints/clip/model.pt",
+}
+
+
+def out_path(path: str | Path, smoke: bool) -> Path:
+    """A fixed artifact path as a run writes it: unchanged, or under ``smoke/`` with ``--smoke``.
+
+    For the paths stages write without a params key (``reports/...``, ``outputs/...``, the
+    ablation and search checkpoints); the keyed ones are moved by ``SMOKE_PATHS``.
+    """
+    return SMOKE_ROOT / path if smoke else Path(path)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -575,9 +603,10 @@ def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | 
         for k, v in SMOKE_OVERRIDES.items():
             set_dotted(raw, k, v)
         name = dict(parsed).get("data.name", (raw.get("data") or {}).get("name", "synthetic"))
-        if name == "synthetic":
-            for k, v in SMOKE_PATHS.items():  # never overwrite the default benchmark's artifacts
-                set_dotted(raw, k, v)
+        for k, v in {**SMOKE_PATHS, **(SMOKE_SYNTHETIC_PATHS if name == "synthetic" else {})}.items():
+            set_dotted(raw, k, v)
+        experiment = (raw.get("tracking") or {}).get("experiment", TrackingConfig.experiment)
+        set_dotted(raw, "tracking.experiment", f"{experiment}-smoke")
         raw["smoke"] = True
     for k, v in parsed:
         set_dotted(raw, k, v)

@@ -47,17 +47,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
-    """``torch.save`` atomically, byte-reproducible: torch names the archive's records after
-    the file, so saving straight to the (random) temporary name would make equal contents
-    differ in bytes; serialised in memory, the records are always named ``archive``."""
-    import io
-
     import torch
 
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
+    # Saved through a file object: given a path, torch.save names the archive's records after
+    # the (random) temporary file name, so equal objects would give different bytes.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def save_image(path: str | os.PathLike, image: Any, **kwargs: Any) -> None:

@@ -9,18 +9,51 @@ Which stages belong to one invocation: ``DFA_PIPELINE_ID`` if set (``make repro`
 ablation and search commands set it), else the ``dvc`` process that runs the stage (its pid
 and start time), else none (a stand-alone run without a parent).
 With ``tracking.enabled: false`` every call is a no-op.
+
+The experiment is marked as a model-training one (``mlflow.experimentKind``) and carries a
+runs-table view with the headline metrics as columns; :func:`landing_url` opens it (MLflow
+3.17 picks its landing tab from the "GenAI | Model training" switch, so the URL sets that
+too). A pipeline's parent run is named so a table compares at a glance
+(``repro · synthetic · row 4 · seed 0 · 1a2b3c4``) and carries its stages' headline metrics.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import tempfile
+import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
 from dfa.config import Config
+from dfa.repo import git_commit, git_dirty, repo_root
 
 PIPELINE_TAG = "dfa.pipeline_id"
+# MLflow 3 reads this experiment tag to choose the experiment's landing tab (runs vs GenAI overview).
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+# Copied (rounded to 2 decimals) from a stage's run to its pipeline's parent run, so the parent
+# rows of the runs table compare whole pipelines; each name is logged by one stage only.
+SUMMARY_METRICS = ("seed_miou", "mask_miou", "cam_miou", "seg_miou", "seg_crf_miou", "zero_shot_acc")
+# A view of the runs table kept as an experiment tag, the form MLflow's "share view" uses:
+# these metrics as columns after a run name wide enough to read, newest runs first.
+VIEW_KEY = "dfa-runs"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+RUN_NAME_COLUMN = "attributes.`Run Name`"
+
+
+def runs_view() -> str:
+    columns = [f"metrics.`{m}`" for m in SUMMARY_METRICS]
+    return json.dumps({"selectedColumns": columns, "columnOrder": [RUN_NAME_COLUMN, *columns],
+                       "columnWidths": {RUN_NAME_COLUMN: 330}, "orderByKey": "attributes.start_time",
+                       "orderByAsc": False})
+
+
+def landing_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs table with :func:`runs_view`, in the UI served at ``base``."""
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}")
 
 
 def resolve_uri(uri: str, root: Path) -> str:
@@ -70,7 +103,6 @@ class Run(NullRun):
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
-        import time
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
 
@@ -95,23 +127,32 @@ class Run(NullRun):
 def client_for(cfg: Config):
     """(MlflowClient, experiment_id), creating the experiment with an absolute artifact root."""
     from mlflow.tracking import MlflowClient
-    from dfa.stages.common import repo_root
-
     root = repo_root()
     uri = resolve_uri(cfg.tracking.uri, root)
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    if exp is not None:
-        return client, exp.experiment_id
-    artifacts = (root / "mlartifacts" / cfg.tracking.experiment).resolve()
-    try:
-        return client, client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts.as_uri())
-    except Exception:  # created meanwhile by another process
-        return client, client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+    ui_tags = {KIND_TAG: KIND, VIEW_TAG: runs_view()}
+    if exp is None:
+        artifacts = (root / cfg.out("mlartifacts") / cfg.tracking.experiment).resolve()
+        try:
+            client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts.as_uri(), tags=ui_tags)
+        except Exception:  # created meanwhile by another process
+            pass
+        exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    for key, value in ui_tags.items():  # an experiment made before these tags, or retagged by the UI
+        if exp.tags.get(key) != value:
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return client, exp.experiment_id
+
+
+def run_label(cfg: Config, what: str) -> str:
+    """``repro · synthetic · row 4 · seed 0 · 1a2b3c4`` (``*`` after the commit: uncommitted changes)."""
+    commit = git_commit()[:7] + ("*" if git_dirty() else "")
+    row = "no row" if cfg.ablation.row is None else f"row {cfg.ablation.row}"
+    return " · ".join([what, cfg.data.name, row, f"seed {cfg.seed}", commit])
 
 
 def _tags(cfg: Config) -> dict[str, str]:
-    from dfa.stages.common import git_commit
     return {"mlflow.source.git.commit": git_commit(), "dataset": cfg.data.name,
             "ablation.row": str(cfg.ablation.row), "smoke": str(cfg.smoke)}
 
@@ -120,7 +161,8 @@ def _parent(client, exp_id: str, pid: str, cfg: Config) -> str:
     found = client.search_runs([exp_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{pid}'", max_results=1)
     if found:
         return found[0].info.run_id
-    run = client.create_run(exp_id, run_name=f"pipeline {pid}", tags={PIPELINE_TAG: pid, **_tags(cfg)})
+    # The id's first word says what started it: repro (make repro), dvc (dvc repro / exp run), ablation, ...
+    run = client.create_run(exp_id, run_name=run_label(cfg, pid.split("-")[0]), tags={PIPELINE_TAG: pid, **_tags(cfg)})
     return run.info.run_id
 
 
@@ -131,7 +173,7 @@ def stage_run(cfg: Config, stage: str, nested_in: str | None = None, extra_tags:
     Logs the flattened params and the resolved config; the run ends FINISHED, or FAILED
     with the error message if the stage raises.
     """
-    with _timed(stage) if nested_in is None else nullcontext():
+    with _timed(cfg, stage) if nested_in is None else nullcontext():
         if not cfg.tracking.enabled:
             yield NullRun()
             return
@@ -140,18 +182,17 @@ def stage_run(cfg: Config, stage: str, nested_in: str | None = None, extra_tags:
 
 
 @contextmanager
-def _timed(stage: str) -> Iterator[None]:
+def _timed(cfg: Config, stage: str) -> Iterator[None]:
     """Record the stage's wall time and the process's peak RSS in reports/timings/<stage>.json
     (read by ``dfa bench`` for its ``pipeline`` entry)."""
     import resource
-    import time
 
     from dfa.io import write_json
 
     t0 = time.perf_counter()
     yield
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    write_json(Path("reports/timings") / f"{stage}.json",
+    write_json(cfg.out("reports/timings") / f"{stage}.json",
                {"stage": stage, "wall_s": round(time.perf_counter() - t0, 2), "peak_rss_mib": round(peak_kib / 1024, 1)})
 
 
@@ -165,7 +206,8 @@ def _mlflow_run(cfg: Config, stage: str, nested_in: str | None, extra_tags: dict
         parent = _parent(client, exp_id, pid, cfg)
     if parent:
         tags["mlflow.parentRunId"] = parent
-    run = Run(client, client.create_run(exp_id, run_name=stage, tags=tags).info.run_id)
+    name = stage if parent else run_label(cfg, stage)  # a child is named by its stage under its parent
+    run = Run(client, client.create_run(exp_id, run_name=name, tags=tags).info.run_id)
     run.log_params(cfg.flat())
     run.log_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
     try:
@@ -176,12 +218,26 @@ def _mlflow_run(cfg: Config, stage: str, nested_in: str | None, extra_tags: dict
         raise
     client.set_terminated(run.run_id, "FINISHED")
     if parent and nested_in is None:
+        _summarise(client, run.run_id, parent)
         client.set_terminated(parent, "FINISHED")
 
 
+def _summarise(client, run_id: str, parent: str) -> None:
+    """Copy the stage's headline metrics (``SUMMARY_METRICS``) to its pipeline's parent run."""
+    from mlflow.entities import Metric
+    latest = client.get_run(run_id).data.metrics
+    metrics = [Metric(k, round(latest[k], 2), int(time.time() * 1000), 0) for k in SUMMARY_METRICS if k in latest]
+    if metrics:
+        client.log_batch(parent, metrics=metrics)
+
+
 def init_store(cfg: Config) -> str:
-    """Create the store and experiment once, serially (``make setup``; MLflow 3 pitfall)."""
+    """Create the store and experiment once, serially (``make setup``; MLflow 3 pitfall), and
+    mark it (and its ``-smoke`` twin, if there is one) as a model-training experiment."""
     client, exp_id = client_for(cfg)
+    if client.get_experiment_by_name(f"{cfg.tracking.experiment}-smoke") is not None:
+        client_for(dataclasses.replace(cfg, smoke=True, tracking=dataclasses.replace(
+            cfg.tracking, experiment=f"{cfg.tracking.experiment}-smoke")))
     return exp_id
 
 

@@ -17,7 +17,7 @@ SECTION_12 = {"row", "ceiling", "paper_seed_miou", "dataset", "seeds", "seed_mio
 def mlflow_runs(db: Path, flt: str):
     from mlflow.tracking import MlflowClient
     c = MlflowClient(tracking_uri=f"sqlite:///{db}")
-    return c.search_runs([c.get_experiment_by_name("dfa").experiment_id], filter_string=flt, max_results=200)
+    return c.search_runs([c.get_experiment_by_name("dfa-smoke").experiment_id], filter_string=flt, max_results=200)
 
 
 def test_plan_shares_untrained_rows_and_labels_ceilings():
@@ -45,7 +45,7 @@ def table(smoke_workspace, dfa_cli, tmp_path_factory):
 def test_csv_has_the_section_12_columns_and_one_row_per_row_and_ceiling(table):
     import pandas as pd
     ws, _, _ = table
-    df = pd.read_csv(ws / "reports/ablation.csv", dtype={"row": str})
+    df = pd.read_csv(ws / "smoke/reports/ablation.csv", dtype={"row": str})
     assert SECTION_12 <= set(df.columns)
     pairs = list(zip(df["row"], df["ceiling"]))
     assert len(pairs) == len(set(pairs))
@@ -66,14 +66,14 @@ def test_csv_has_the_section_12_columns_and_one_row_per_row_and_ceiling(table):
 
 def test_seeds_train_separate_models_and_the_table_resumes(table, dfa_cli):
     ws, db, cmd = table
-    digests = {s: json.loads((ws / f"checkpoints/ablation-dfa-smoke/4/seed{s}/cell-4.json").read_text())
+    digests = {s: json.loads((ws / f"smoke/checkpoints/ablation-dfa/4/seed{s}/cell-4.json").read_text())
                for s in (0, 1)}
     assert all("seed_miou" in d["metrics"] for d in digests.values())
     import torch
-    states = [torch.load(ws / f"checkpoints/ablation-dfa-smoke/4/seed{s}/model.pt", weights_only=False)["state_digest"]
+    states = [torch.load(ws / f"smoke/checkpoints/ablation-dfa/4/seed{s}/model.pt", weights_only=False)["state_digest"]
               for s in (0, 1)]
     assert states[0] != states[1]                                  # the seed changes init and batch order
-    cells = sorted((ws / "checkpoints/ablation-dfa-smoke").glob("*/seed*/cell-*.json"))
+    cells = sorted((ws / "smoke/checkpoints/ablation-dfa").glob("*/seed*/cell-*.json"))
     before = {p: p.stat().st_mtime_ns for p in cells}
     dfa_cli(ws, *cmd, timeout=1200)                                # a repeat re-scores nothing
     assert {p: p.stat().st_mtime_ns for p in cells} == before
@@ -81,10 +81,10 @@ def test_seeds_train_separate_models_and_the_table_resumes(table, dfa_cli):
 
 def test_markdown_figure_and_mlflow(table):
     ws, db, _ = table
-    md = (ws / "reports/ablation.md").read_text()
+    md = (ws / "smoke/reports/ablation.md").read_text()
     assert "±" in md and "teacher ceiling (row 2)" in md and "grid ceiling" in md and "wall time" in md
     assert "python -m dfa ablation --smoke --rows 0,4 --seeds 0,1" in md
-    assert (ws / "reports/figures/ablation.png").read_bytes()[:4] == b"\x89PNG"
+    assert (ws / "smoke/reports/figures/ablation.png").read_bytes()[:4] == b"\x89PNG"
     parents = mlflow_runs(db, "tags.stage = 'ablation'")
     parent = parents[0]
     assert {"4.seed_miou_mean", "4.seed_miou_std", "grid-ceiling.seed_miou_mean"} <= set(parent.data.metrics)
@@ -93,3 +93,9 @@ def test_markdown_figure_and_mlflow(table):
              for r in children}
     assert {("4", "none", "0"), ("4", "none", "1"), ("4", "areas", "1"), ("cam", "none", "0")} <= seeds
     assert ("0", "none", "1") not in seeds                        # untrained rows run once
+
+
+def test_bad_rows_is_a_one_line_error(smoke_workspace, dfa_cli):
+    proc = dfa_cli(smoke_workspace, "ablation", "--smoke", "--rows", "0,9", "-S", "tracking.enabled=false",
+                   check=False)
+    assert proc.returncode == 2 and "--rows" in proc.stderr and "Traceback" not in proc.stderr

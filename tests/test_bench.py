@@ -22,7 +22,7 @@ NUM = (int, float)
 def report(tmp_path_factory) -> dict:
     ws = tmp_path_factory.mktemp("bench")
     shutil.copy(REPO / "params.yaml", ws / "params.yaml")
-    timings = ws / "reports" / "timings"
+    timings = ws / "smoke" / "reports" / "timings"  # --smoke reads and writes under smoke/
     timings.mkdir(parents=True)
     (timings / "train.json").write_text(json.dumps({"stage": "train", "wall_s": 12.5, "peak_rss_mib": 900.0}))
     (timings / "cache_features.json").write_text(json.dumps({"stage": "cache_features", "wall_s": 3.0,
@@ -33,7 +33,7 @@ def report(tmp_path_factory) -> dict:
         mp.chdir(ws)
         cfg = load_config("params.yaml", ["tracking.enabled=false"], smoke=True)
         assert bench(cfg) == 0
-        return json.loads((ws / "reports" / "bench.json").read_text())
+        return json.loads((ws / "smoke" / "reports" / "bench.json").read_text())
 
 
 def test_top_level_keys(report):

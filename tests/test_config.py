@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dfa.config import (SMOKE_OVERRIDES, SMOKE_PATHS, AblationConfig, Config, ConfigError, dump_yaml, flatten,
-                        load_config, parse_override)
+from dfa.config import (SMOKE_OVERRIDES, SMOKE_PATHS, SMOKE_SYNTHETIC_PATHS, AblationConfig, Config, ConfigError,
+                        dump_yaml, flatten, load_config, parse_override)
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
@@ -154,23 +154,36 @@ def test_smoke_sizes_and_paths():
     cfg = load_config(PARAMS, smoke=True)
     flat = cfg.flat()
     assert cfg.smoke
-    for k, v in {**SMOKE_OVERRIDES, **SMOKE_PATHS}.items():
+    for k, v in {**SMOKE_OVERRIDES, **SMOKE_PATHS, **SMOKE_SYNTHETIC_PATHS}.items():
         assert flat[k] == v, k
-    # --smoke never points at the default benchmark's artifacts
+    # --smoke never points at the default benchmark's artifacts: everything it writes is under smoke/
     full = load_config(PARAMS).flat()
-    assert all(flat[k] != full[k] for k in SMOKE_PATHS)
+    for k in {**SMOKE_PATHS, **SMOKE_SYNTHETIC_PATHS}:
+        assert flat[k] != full[k] and flat[k].removeprefix("sqlite:///").startswith("smoke/"), k
+    assert cfg.tracking.experiment == full["tracking.experiment"] + "-smoke"
+    assert cfg.out("reports/metrics/train.json") == Path("smoke/reports/metrics/train.json")
+    assert load_config(PARAMS).out("reports/metrics/train.json") == Path("reports/metrics/train.json")
 
 
 def test_overrides_apply_after_smoke():
     cfg = load_config(PARAMS, ["train.steps=3", "train.dir=elsewhere"], smoke=True)
-    assert (cfg.train.steps, cfg.train.dir, cfg.data.root) == (3, "elsewhere", SMOKE_PATHS["data.root"])
+    assert (cfg.train.steps, cfg.train.dir, cfg.data.root) == (3, "elsewhere", SMOKE_SYNTHETIC_PATHS["data.root"])
 
 
-def test_smoke_keeps_a_real_datasets_paths(tmp_path):
+@pytest.mark.parametrize("name", ["voc", "custom"])
+def test_smoke_reads_a_real_dataset_in_place_and_writes_under_smoke(tmp_path, name):
     raw = yaml.safe_load(PARAMS.read_text())
-    raw["data"].update(name="voc", root="/datasets/VOC2012")
-    path = tmp_path / "voc.yaml"
+    raw["data"].update(name=name, root="/datasets/VOC2012")
+    raw["clip"].update(checkpoint="/models/ViT-B-16.pt")
+    path = tmp_path / "real.yaml"
     path.write_text(yaml.safe_dump(raw))
     cfg = load_config(path, smoke=True)
-    assert cfg.data.root == "/datasets/VOC2012" and cfg.train.dir == raw["train"]["dir"]
+    # the dataset and its CLIP are inputs, read where they are ...
+    assert (cfg.data.root, cfg.clip.checkpoint) == ("/datasets/VOC2012", "/models/ViT-B-16.pt")
+    # ... and everything derived from them goes under smoke/, as on the embedded benchmark
+    assert (cfg.train.dir, cfg.cache.dir) == (SMOKE_PATHS["train.dir"], SMOKE_PATHS["cache.dir"])
+    assert cfg.search.storage == SMOKE_PATHS["search.storage"]
     assert cfg.train.steps == SMOKE_OVERRIDES["train.steps"]
+    # the same with data.name given as an override
+    cfg = load_config(PARAMS, [f"data.name={name}", "data.root=/datasets/x"], smoke=True)
+    assert cfg.train.dir == SMOKE_PATHS["train.dir"] and cfg.data.root == "/datasets/x"

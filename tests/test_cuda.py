@@ -137,7 +137,7 @@ def test_smoke_pipeline_on_cuda(smoke_workspace, dfa_cli, tmp_path):
     args = ["--smoke", "-S", "tracking.enabled=false", "-S", "device=cuda", "-S", "eval.crf.enabled=false"]
     for stage in ("cache", "train", "pseudo", "evaluate"):
         dfa_cli(ws, stage, *args)
-    pseudo = json.loads((ws / "reports/metrics/pseudo.json").read_text())
-    ev = json.loads((ws / "reports/metrics/eval.json").read_text())
+    pseudo = json.loads((ws / "smoke/reports/metrics/pseudo.json").read_text())
+    ev = json.loads((ws / "smoke/reports/metrics/eval.json").read_text())
     assert pseudo["images"] > 0 and 0 < pseudo["seed_miou"] <= 100
     assert 0 <= ev["seg_miou"] <= 100

@@ -401,3 +401,59 @@ def test_prepare_draws_a_tune_split_for_a_real_tree(tmp_path):
     assert tune == draw_tune(names[:24], names[:6], names[24:], 6, 0)
     with pytest.raises(DataError):
         draw_tune(names[:8], names[:6], [], 6)
+# ----------------------------------------------------------------------------- check-data without --kind
+def test_check_data_guesses_synthetic_and_custom(syn_copy, capsys):
+    from dfa.data.checker import guess_kind
+
+    assert guess_kind(syn_copy) == ("synthetic", "classes.json lists the embedded benchmark's 8 classes")
+    # The issue's case: a custom tree with its own classes.json was called "synthetic".
+    spec = load_class_spec(syn_copy)
+    renamed = ClassSpec([f"thing{i}" for i in range(len(spec.classes))], {}, spec.background)
+    write_class_spec(syn_copy, renamed)
+    assert guess_kind(syn_copy)[0] == "custom"
+    assert check_data_main(syn_copy) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("assumed --kind custom: classes.json lists 8 classes of its own\n")
+    assert f"OK: {syn_copy} (custom, 9 classes incl. background)" in out
+
+
+def test_check_data_guesses_voc_and_coco_by_their_layout(tmp_path, capsys):
+    from dfa.data.checker import guess_kind
+
+    rng = np.random.default_rng(0)
+    voc = Layout(tmp_path / "VOC2012", "voc")
+    _make_tree(voc, {"train_aug": ["2007_000032"], "train": ["2007_000032"], "val": ["2008_000002"]},
+               {"2007_000032": _item(37, 53, [1, 15], 20, rng), "2008_000002": _item(45, 45, [7], 20, rng)})
+    kind, why = guess_kind(voc.root)
+    assert kind == "voc" and "train, train_aug, val" in why
+    assert check_data_main(voc.root) == 1  # checked as VOC: 1 image is not VOC's 10582
+    captured = capsys.readouterr()
+    assert captured.out.startswith("assumed --kind voc") and "expected 10582" in captured.err
+    coco = Layout(tmp_path / "coco2014", "coco")
+    _make_tree(coco, {"train": ["COCO_train2014_000000000009"]},
+               {"COCO_train2014_000000000009": _item(30, 40, [3], 80, rng)})
+    assert guess_kind(coco.root) == ("coco", "JPEGImages/train2014/ is the COCO 2014 layout")
+
+
+def test_check_data_without_a_clue_asks_for_kind(tmp_path, capsys):
+    from dfa.data.checker import guess_kind
+
+    (tmp_path / "JPEGImages").mkdir()
+    with pytest.raises(DataError, match="cannot tell the dataset kind.*--kind"):
+        guess_kind(tmp_path)
+    assert check_data_main(tmp_path) == 1
+    assert "pass --kind" in capsys.readouterr().err
+    assert check_data_main(tmp_path / "missing") == 1
+    assert "dataset folder not found" in capsys.readouterr().err
+
+
+def test_check_data_cli_says_the_guessed_kind(syn_copy, dfa_cli, tmp_path):
+    """``dfa check-data ROOT`` ignores params' data.name (synthetic) and names the guessed kind."""
+    from tests.conftest import REPO
+
+    write_class_spec(syn_copy, ClassSpec(["a", "b", "c", "d", "e", "f", "g", "h"], {}, ["floor"]))
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    out = dfa_cli(tmp_path, "check-data", str(syn_copy)).stdout
+    assert "assumed --kind custom" in out and "(custom, 9 classes" in out and "(synthetic" not in out
+    out = dfa_cli(tmp_path, "check-data", str(syn_copy), "--kind", "synthetic").stdout
+    assert "assumed" not in out and "(synthetic, 9 classes" in out

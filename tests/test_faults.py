@@ -50,15 +50,15 @@ def test_nan_loss_names_step_and_term_and_keeps_last_good_state(ws, dfa_cli):
 
 def test_corrupt_image_fails_the_stage_and_damages_nothing(ws, dfa_cli):
     dfa_cli(ws, "pseudo", "--smoke", "-S", "tracking.enabled=false")
-    reports = _hashes(ws / "reports")
-    names = (ws / "data/synthetic-smoke/ImageSets/Segmentation/train.txt").read_text().split()
-    victim = ws / "data/synthetic-smoke/JPEGImages" / f"{names[-1]}.jpg"
+    reports = _hashes(ws / "smoke/reports")
+    names = (ws / "smoke/data/synthetic/ImageSets/Segmentation/train.txt").read_text().split()
+    victim = ws / "smoke/data/synthetic/JPEGImages" / f"{names[-1]}.jpg"
     victim.write_bytes(victim.read_bytes()[:200])  # truncated JPEG
-    shutil.rmtree(ws / "outputs")  # force recomputation
+    shutil.rmtree(ws / "smoke/outputs")  # force recomputation
     proc = dfa_cli(ws, "pseudo", "--smoke", "-S", "tracking.enabled=false", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert victim.name in proc.stderr.strip().splitlines()[-1]
-    assert _hashes(ws / "reports") == reports
+    assert _hashes(ws / "smoke/reports") == reports
 
 
 def test_stale_cache_is_refused_by_train(ws, dfa_cli):
@@ -96,15 +96,15 @@ def test_missing_dataset_folder_and_bad_param(tmp_path, dfa_cli):
 
 
 def test_unwritable_output_is_one_line(ws, dfa_cli):
-    (ws / "reports/metrics/pseudo.json").unlink(missing_ok=True)
-    (ws / "reports/metrics").rmdir() if not any((ws / "reports/metrics").iterdir()) else None
-    blocker = ws / "reports" / "metrics_blocker"
+    (ws / "smoke/reports/metrics/pseudo.json").unlink(missing_ok=True)
+    (ws / "smoke/reports/metrics").rmdir() if not any((ws / "smoke/reports/metrics").iterdir()) else None
+    blocker = ws / "smoke/reports" / "metrics_blocker"
     blocker.write_text("x")
     # A file where the stage needs a folder: the write fails like on a read-only mount.
     proc = dfa_cli(ws, "pseudo", "--smoke", "-S", "tracking.enabled=false", "-S",
-                   "train.dir=checkpoints/dfa-smoke", check=False)
+                   "train.dir=smoke/checkpoints/dfa", check=False)
     assert proc.returncode == 0  # sanity: the normal run works
-    target = ws / "outputs"
+    target = ws / "smoke/outputs"
     shutil.rmtree(target)
     target.write_text("not a folder")
     proc = dfa_cli(ws, "pseudo", "--smoke", "-S", "tracking.enabled=false", check=False)

@@ -19,22 +19,22 @@ def test_smoke_pipeline_end_to_end(smoke_workspace, dfa_cli, tmp_path):
     shutil.copytree(smoke_workspace, ws)
     for stage in ("train", "pseudo", "evaluate"):
         dfa_cli(ws, stage, "--smoke", "-S", "tracking.enabled=false")
-    pseudo = json.loads((ws / "reports/metrics/pseudo.json").read_text())
+    pseudo = json.loads((ws / "smoke/reports/metrics/pseudo.json").read_text())
     for key in ("cam_miou", "seed_miou", "mask_miou"):
         assert 0.0 <= pseudo[key] <= 100.0
-    ev = json.loads((ws / "reports/metrics/eval.json").read_text())
+    ev = json.loads((ws / "smoke/reports/metrics/eval.json").read_text())
     assert 0.0 <= ev["seg_miou"] <= 100.0 and 0.0 <= ev["seg_crf_miou"] <= 100.0
     assert set(ev["per_class_iou"]) >= {"background", "boat"}
-    train = json.loads((ws / "reports/metrics/train.json").read_text())
+    train = json.loads((ws / "smoke/reports/metrics/train.json").read_text())
     assert train["final_step"] == 12 and len(train["state_digest"]) == 64
-    for png in ("reports/figures/pseudo_grid.png", "reports/figures/eval_grid.png"):
+    for png in ("smoke/reports/figures/pseudo_grid.png", "smoke/reports/figures/eval_grid.png"):
         assert Image.open(ws / png).size[0] > 100
-    assert len(list((ws / "outputs/pseudo/mask").glob("*.png"))) == pseudo["images"]
+    assert len(list((ws / "smoke/outputs/pseudo/mask").glob("*.png"))) == pseudo["images"]
     # A second `dfa pseudo` reads the finished masks back instead of recomputing them.
-    before = {p: p.stat().st_mtime_ns for p in (ws / "outputs/pseudo/mask").glob("*.png")}
+    before = {p: p.stat().st_mtime_ns for p in (ws / "smoke/outputs/pseudo/mask").glob("*.png")}
     dfa_cli(ws, "pseudo", "--smoke", "-S", "tracking.enabled=false")
     assert {p: p.stat().st_mtime_ns for p in before} == before
-    assert json.loads((ws / "reports/metrics/pseudo.json").read_text())["seed_miou"] == pseudo["seed_miou"]
+    assert json.loads((ws / "smoke/reports/metrics/pseudo.json").read_text())["seed_miou"] == pseudo["seed_miou"]
 
 
 def test_cached_and_online_features_agree(smoke_workspace, monkeypatch):
@@ -119,6 +119,6 @@ def test_train_with_torch_compile(smoke_workspace, dfa_cli, tmp_path):
     ws = tmp_path / "ws"
     shutil.copytree(smoke_workspace, ws)
     dfa_cli(ws, "train", "--smoke", "-S", "tracking.enabled=false", "-S", "train.compile=true", timeout=900)
-    state = torch.load(ws / "checkpoints/dfa-smoke/model.pt", weights_only=False)["model"]
+    state = torch.load(ws / "smoke/checkpoints/dfa/model.pt", weights_only=False)["model"]
     assert not any("_orig_mod" in k for k in state)
     dfa_cli(ws, "pseudo", "--smoke", "-S", "tracking.enabled=false")

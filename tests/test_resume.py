@@ -23,7 +23,7 @@ def _train(ws: Path, run_dir: str) -> subprocess.Popen:
 
 
 def _digest(ws: Path) -> str:
-    return json.loads((ws / "reports/metrics/train.json").read_text())["state_digest"]
+    return json.loads((ws / "smoke/reports/metrics/train.json").read_text())["state_digest"]
 
 
 def _wait_for_checkpoint(ws: Path, run_dir: str, proc: subprocess.Popen, min_step: int) -> int:
@@ -69,7 +69,7 @@ def test_interrupted_training_resumes_bit_identical(smoke_workspace, tmp_path, r
     assert resumed.returncode == 0, err
     assert "resuming training from step" in err
     assert int(err.split("resuming training from step ")[1].split()[0]) >= step
-    assert json.loads((ws / "reports/metrics/train.json").read_text())["final_step"] == 40
+    assert json.loads((ws / "smoke/reports/metrics/train.json").read_text())["final_step"] == 40
     assert _digest(ws) == reference
 
 
@@ -108,7 +108,7 @@ def test_cache_resumes_at_the_first_missing_shard(smoke_workspace, tmp_path, dfa
     assert final["complete"] and sum(len(s["names"]) for s in final["shards"]) == 48
     for d, mtime in first.items():  # finished shards were kept, not rewritten
         assert (ws / "cache/resumed" / d / "tokens.npy").stat().st_mtime_ns == mtime
-    reference = json.loads((ws / "cache/features-smoke/index.json").read_text())
+    reference = json.loads((ws / "smoke/cache/features/index.json").read_text())
     assert final["fingerprint"] != "" and [n for s in final["shards"] for n in s["names"]] == \
         [n for s in reference["shards"] for n in s["names"]]
 

@@ -24,9 +24,10 @@ def stores(tmp_path_factory) -> Path:
 
 
 def mlflow_runs(db: Path, flt: str):
+    """Runs of the smoke experiment (every search and ablation here runs with --smoke)."""
     from mlflow.tracking import MlflowClient
     c = MlflowClient(tracking_uri=f"sqlite:///{db}")
-    return c.search_runs([c.get_experiment_by_name("dfa").experiment_id], filter_string=flt, max_results=100)
+    return c.search_runs([c.get_experiment_by_name("dfa-smoke").experiment_id], filter_string=flt, max_results=100)
 
 
 # ------------------------------------------------------------------------------ spaces
@@ -93,9 +94,9 @@ def test_search_cli_two_trials_then_one_more(smoke_workspace, dfa_cli, stores):
     for r in trials:
         assert r.info.status == "FINISHED" and "seed_miou" in r.data.metrics
         assert r.data.params["trial.frequency.ratio"] == r.data.params["frequency.ratio"]
-        assert r.data.params["train.dir"] == f"checkpoints/search/smoke/trial_{r.data.tags['optuna.trial']}"
+        assert r.data.params["train.dir"] == f"smoke/checkpoints/search/smoke/trial_{r.data.tags['optuna.trial']}"
 
-    out = smoke_workspace / "reports/search/smoke"
+    out = smoke_workspace / "smoke/reports/search/smoke"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"] == {"complete": 2, "pruned": 0, "failed": 0, "running": 0, "waiting": 0}
     assert summary["best"]["number"] == study.best_trial.number
@@ -138,7 +139,7 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(in_workspace, stores):
     study = run_search(stores, space, 2, "fails")
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
     assert all(t.user_attrs["error"].startswith("ConfigError: frequency.ratio") for t in study.trials)
-    summary = json.loads((in_workspace / "reports/search/fails/summary.json").read_text())
+    summary = json.loads((in_workspace / "smoke/reports/search/fails/summary.json").read_text())
     assert summary["counts"]["failed"] == 2 and summary["best"] is None
     assert summary["importances"] is None and "at least 2 complete trials" in summary["importances_note"]
     assert "frequency.ratio" in summary["failures"]["0"]

@@ -122,3 +122,57 @@ def test_disabled_tracking_makes_no_store(tmp_path, monkeypatch):
         with stage_run(cfg, "train"):
             raise ValueError("not swallowed")
     assert not list(tmp_path.rglob("*.db")) and not (tmp_path / "mlartifacts").exists()
+
+
+def test_experiment_is_marked_for_the_runs_table(store):
+    """MLflow 3 opens a model-training experiment on its runs table; the view shows seed_miou."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from dfa.tracking import KIND, KIND_TAG, VIEW_KEY, VIEW_TAG, landing_url, runs_view
+    with stage_run(config(store), "prepare"):
+        pass
+    c, exp_id = client(store)
+    tags = c.get_experiment(exp_id).tags
+    assert tags[KIND_TAG] == KIND == "custom_model_development" and tags[VIEW_TAG] == runs_view()
+    assert "metrics.`seed_miou`" in json.loads(runs_view())["selectedColumns"]
+    assert landing_url("http://127.0.0.1:5000/", exp_id) == (
+        f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+        f"&viewStateShareKey={VIEW_KEY}")
+    # An experiment made before (or retagged "genai" by the UI) is marked on the next stage run.
+    raw = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
+    old = raw.create_experiment("older", tags={KIND_TAG: "genai_development"})
+    with stage_run(config(store, "tracking.experiment=older"), "prepare"):
+        pass
+    assert raw.get_experiment(old).tags[KIND_TAG] == KIND and VIEW_TAG in raw.get_experiment(old).tags
+
+
+def test_pipeline_run_is_named_and_carries_the_headline_metrics(store, monkeypatch):
+    monkeypatch.setenv("DFA_PIPELINE_ID", "repro-20261127-120000")
+    cfg = config(store, "ablation.row=2", "seed=3")
+    with stage_run(cfg, "train") as run:
+        run.log_metrics({"final_loss": 1.5})
+    with stage_run(cfg, "pseudo_labels") as run:
+        run.log_metrics({"seed_miou": 13.21087, "mask_miou": 13.2, "cam_miou": 35.04})
+    (parent,) = runs(store, f"tags.`{PIPELINE_TAG}` = 'repro-20261127-120000'")
+    # the store folder is no git checkout, so the commit reads "unknown"
+    assert parent.info.run_name == "repro · synthetic · row 2 · seed 3 · unknown"
+    assert parent.data.metrics == {"seed_miou": 13.21, "mask_miou": 13.2, "cam_miou": 35.04}
+    kids = runs(store, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(r.info.run_name for r in kids) == ["pseudo_labels", "train"]
+
+
+def test_smoke_runs_go_to_their_own_experiment(store):
+    (store / "reports/timings/train.json").unlink(missing_ok=True)  # left by the tests above
+    cfg = load_config(None, [f"tracking.uri=sqlite:///{store}/mlflow.db"], smoke=True)
+    assert cfg.tracking.experiment == "dfa-smoke"
+    with stage_run(cfg, "train") as run:
+        run_id = run.run_id
+    from mlflow.tracking import MlflowClient
+    c = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
+    got = c.get_run(run_id)
+    assert c.get_experiment(got.info.experiment_id).name == "dfa-smoke"
+    assert got.info.run_name == "train · synthetic · row 4 · seed 0 · unknown"  # stand-alone: named in full
+    assert "/smoke/mlartifacts/dfa-smoke" in got.info.artifact_uri
+    assert (store / "smoke/reports/timings/train.json").exists() and not (store / "reports/timings/train.json").exists()

@@ -11,7 +11,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from dfa.data.classes import spec_for
+from dfa.data.classes import load_class_spec, spec_for
 from dfa.data.dataset import load_labels
 from dfa.data.io import image_size, read_mask
 from dfa.data.layout import DataError, Layout
@@ -132,9 +132,44 @@ def check_tree(layout: Layout, num_classes: int, splits: Iterable[str] | None = 
     return problems
 
 
-def check_data_main(root: str | Path, kind: str, splits: Iterable[str] | None = None) -> int:
-    """CLI body: print ``OK: ...`` and return 0, or one problem per line on stderr and return 1."""
+def guess_kind(root: str | Path) -> tuple[str, str]:
+    """(kind, why) of a dataset tree, from what it holds; DataError if nothing tells.
+
+    COCO 2014 by its ``train2014``/``val2014`` folders; a ``classes.json`` makes it custom, or
+    synthetic when it lists the embedded benchmark's classes; else VOC by its split lists.
+    """
+    from dfa.data.synthetic import CLASSES as SYNTHETIC_CLASSES
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    for folder in ("JPEGImages", "SegmentationClass"):
+        for sub in ("train2014", "val2014"):
+            if (root / folder / sub).is_dir():
+                return "coco", f"{folder}/{sub}/ is the COCO 2014 layout"
+    if (root / "classes.json").exists():
+        try:
+            classes = load_class_spec(root).classes
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+        if classes == SYNTHETIC_CLASSES:
+            return "synthetic", f"classes.json lists the embedded benchmark's {len(classes)} classes"
+        return "custom", f"classes.json lists {len(classes)} classes of its own"
+    lists = sorted(p.stem for p in (root / "ImageSets" / "Segmentation").glob("*.txt"))
+    if lists:
+        return "voc", f"no classes.json, and the VOC split lists {', '.join(lists)} (VOC's 20 classes)"
+    raise DataError(f"{root}: cannot tell the dataset kind (no JPEGImages/train2014 or val2014, no classes.json, "
+                    f"no ImageSets/Segmentation/*.txt); pass --kind voc|coco|synthetic|custom")
+
+
+def check_data_main(root: str | Path, kind: str | None = None, splits: Iterable[str] | None = None) -> int:
+    """CLI body: print ``OK: ...`` and return 0, or one problem per line on stderr and return 1.
+
+    Without ``kind`` it is guessed from the tree (:func:`guess_kind`) and the guess is printed."""
     try:
+        if kind is None:
+            kind, why = guess_kind(root)
+            print(f"assumed --kind {kind}: {why}")
         layout = Layout(Path(root), kind)
         spec = spec_for(kind, root)
         splits = [splits] if isinstance(splits, str) else splits

@@ -363,7 +363,7 @@ def ablation(cfg: Config, args) -> int:
                                 if k.endswith(("_mean", "_std")) or k in SHARES if _finite(v)})
         wall = time.perf_counter() - t0
         df = pd.DataFrame(results, columns=COLUMNS)
-        md, csv, fig = outputs(getattr(args, "name", None) or "ablation")
+        md, csv, fig = (cfg.out(p) for p in outputs(getattr(args, "name", None) or "ablation"))  # smoke/ with --smoke
         write_text(csv, df.to_csv(index=False, float_format="%.3f"))
         figure(df, fig, cfg.data.name)
         write_text(md, markdown(df, cfg, args, seeds, wall, fig))

@@ -547,7 +547,7 @@ def bench(cfg: Config, args=None) -> int:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise WorkbenchError(f"dfa bench --only: unknown section(s) {unknown}; choose from {list(SECTIONS)}")
-    out_path = Path(getattr(args, "out", None) or OUT)
+    out_path = Path(getattr(args, "out", None) or cfg.out(OUT))
     seed_everything(cfg.seed)  # threads stay at torch's default on purpose
     with stage_run(cfg, "bench") as run:
         res: dict = {"smoke": smoke, "sections": list(sections), "machine": machine_info()}
@@ -557,7 +557,7 @@ def bench(cfg: Config, args=None) -> int:
             res["train_step"] = bench_train(cfg, smoke)
         if "crf" in sections:
             res["crf"] = bench_crf(cfg, smoke)
-        res["pipeline"] = pipeline_timings()
+        res["pipeline"] = pipeline_timings(cfg.out(TIMINGS))
         if "gpu" in sections:
             if torch.cuda.is_available():
                 res["gpu"] = bench_gpu(cfg, smoke, torch.device("cuda"))

@@ -14,8 +14,7 @@ from dfa.config import Config
 from dfa.data.dataset import load_labels
 from dfa.data.io import read_image, read_mask
 from dfa.features_cache import ARRAYS, CacheWriter
-from dfa.io import write_json
-from dfa.stages.common import class_spec, console, data_errors, layout_of, limit, progress, setup
+from dfa.stages.common import class_spec, console, data_errors, layout_of, limit, progress, setup, write_metrics
 from dfa.stages.views import cache_fingerprint, extractor, normalise, square_mask, square_view
 from dfa.tracking import stage_run
 
@@ -73,7 +72,7 @@ def cache(cfg: Config, args=None) -> int:
         writer.finish()
         stats = {"images": len(names), "views": len(names) * len(flips), "gib": total / 2**30,
                  "bytes_per_view": per_view, "fingerprint": fp}
-        write_json(METRICS, stats)
+        write_metrics(cfg, METRICS, stats)
         run.log_metrics({"cache_gib": stats["gib"], "cache_views": stats["views"]})
     console.print(f"feature cache complete: {stats['views']} views, {stats['gib']:.2f} GiB")
     return 0

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,30 +15,10 @@ from dfa.config import Config
 from dfa.data.classes import ClassSpec, spec_for
 from dfa.data.layout import DataError, Layout
 from dfa.errors import WorkbenchError
+from dfa.io import write_json
+from dfa.repo import git_commit, repo_root  # noqa: F401  (stages import them from here)
 
 console = Console(stderr=True)
-
-
-def repo_root() -> Path:
-    """The repository root: ``DVC_ROOT`` under DVC (``dvc exp run --temp`` works in a copy), else
-    the git top level of the working directory, else the working directory."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
-    try:
-        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return Path(out.stdout.strip()).resolve()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return Path.cwd().resolve()
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
 
 
 def device_of(cfg: Config) -> torch.device:
@@ -51,11 +30,30 @@ def device_of(cfg: Config) -> torch.device:
 
 
 def setup(cfg: Config) -> torch.device:
-    """Threads, seeds, device: the first call of every stage."""
+    """Threads, deterministic kernels, seeds, device: the first call of every stage."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    device = device_of(cfg)
+    if cfg.deterministic:
+        # cuBLAS reads its workspace setting when CUDA starts, so it is set before any CUDA work.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
     seed_everything(cfg.seed)
-    return device_of(cfg)
+    return device
+
+
+def run_env(cfg: Config) -> dict:
+    """What a metric's last digits depend on besides params, code and data: the thread count,
+    torch's version, the CPU kernel family torch dispatched to and the device."""
+    return {"threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": device_of(cfg).type,
+            "deterministic": cfg.deterministic}
+
+
+def write_metrics(cfg: Config, path: str | Path, metrics: dict) -> None:
+    """A stage's metrics JSON (under ``smoke/`` with --smoke), with :func:`run_env` as ``env``."""
+    write_json(cfg.out(path), {**metrics, "env": run_env(cfg)})
 
 
 def seed_everything(seed: int) -> None:

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from dfa.config import Config
 from dfa.crf import crf_labels, crf_pool
 from dfa.data.io import read_image, read_mask
-from dfa.io import write_json, write_text
+from dfa.io import write_text
 from dfa.metrics import confusion_matrix, miou
-from dfa.stages.common import class_spec, console, data_errors, layout_of, limit, progress, setup
+from dfa.stages.common import class_spec, console, data_errors, layout_of, limit, progress, setup, write_metrics
 from dfa.stages.pseudo import crf_params
 from dfa.stages.report import iou_table, save_grid
 from dfa.stages.train import load_trained
@@ -106,16 +106,16 @@ def evaluate(cfg: Config, args=None) -> int:
         metrics["per_class_iou"] = {c: (None if np.isnan(float(v)) else 100 * float(v))
                                     for c, v in zip(["background", *spec.classes], scores["seg_crf"][1])}
         table = iou_table(["background", *spec.classes], {k: v[1] for k, v in scores.items()})
-        write_json(METRICS, metrics)
-        write_text(TABLE, table)
+        write_metrics(cfg, METRICS, metrics)
+        write_text(cfg.out(TABLE), table)
         csv = "class,seg_iou,seg_crf_iou\n" + "".join(
             f"{c},{100 * float(a):.2f},{100 * float(b):.2f}\n"
             for c, a, b in zip(["background", *spec.classes], scores["seg"][1], scores["seg_crf"][1]))
-        write_text(TABLE_CSV, csv)
-        save_grid(GRID, rows, ["image", "ground truth", "decoder", "decoder + CRF"])
+        write_text(cfg.out(TABLE_CSV), csv)
+        save_grid(cfg.out(GRID), rows, ["image", "ground truth", "decoder", "decoder + CRF"])
         run.log_metrics({"seg_miou": metrics["seg_miou"], "seg_crf_miou": metrics["seg_crf_miou"]})
         for path in (TABLE, TABLE_CSV, GRID):
-            run.log_artifact(path)
+            run.log_artifact(cfg.out(path))
     console.print(table)
     console.print(f"evaluate ({cfg.data.name}/{cfg.data.eval_split}): decoder {metrics['seg_miou']:.1f}, "
                   f"+ CRF {metrics['seg_crf_miou']:.1f} mIoU")

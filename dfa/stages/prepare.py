@@ -13,8 +13,7 @@ from dfa.data import checker, download, synthetic
 from dfa.data.layout import Layout
 from dfa.data.splits import ensure_tune
 from dfa.errors import WorkbenchError
-from dfa.io import write_json
-from dfa.stages.common import console, data_errors, progress
+from dfa.stages.common import console, data_errors, progress, setup, write_metrics
 from dfa.tracking import stage_run
 
 METRICS = Path("reports/metrics/data.json")
@@ -22,6 +21,7 @@ METRICS = Path("reports/metrics/data.json")
 
 def prepare(cfg: Config, args=None) -> int:
     root = Path(cfg.data.root)
+    setup(cfg)
     with stage_run(cfg, "prepare") as run:
         if cfg.data.name == "synthetic":
             s = cfg.data.synthetic
@@ -59,11 +59,11 @@ def prepare(cfg: Config, args=None) -> int:
                 console.print(line, markup=False, highlight=False)
             raise WorkbenchError(f"{root}: {len(problems)} problem(s) found by the dataset checker (listed above)")
         counts = {split: len(layout.read_list(split)) for split in splits}
-        write_json(METRICS, {"dataset": cfg.data.name, "num_classes": spec.num_classes, **counts})
+        write_metrics(cfg, METRICS, {"dataset": cfg.data.name, "num_classes": spec.num_classes, **counts})
         run.log_metrics({f"images_{k}": v for k, v in counts.items()})
     console.print(f"dataset {cfg.data.name} at {root}: OK, " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 
 
 def check_data(cfg: Config, args) -> int:
-    return checker.check_data_main(args.root, args.kind or cfg.data.name, args.split)
+    return checker.check_data_main(args.root, args.kind, args.split)  # no --kind: guessed from the tree

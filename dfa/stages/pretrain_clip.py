@@ -27,7 +27,7 @@ from dfa.data.io import read_image
 from dfa.data.synthetic import caption, object_caption
 from dfa.errors import WorkbenchError
 from dfa.io import save_torch, write_json
-from dfa.stages.common import class_spec, console, data_errors, layout_of, progress, setup
+from dfa.stages.common import class_spec, console, data_errors, layout_of, progress, setup, write_metrics
 from dfa.stages.views import normalise, square_view
 from dfa.tracking import stage_run
 
@@ -115,9 +115,9 @@ def pretrain_clip(cfg: Config, args=None) -> int:
     if cfg.data.name != "synthetic":
         console.print(f"pretrain-clip: data.name={cfg.data.name} uses the real CLIP "
                       f"({cfg.clip.model}/{cfg.clip.pretrained or cfg.clip.checkpoint}); nothing to pretrain.")
-        write_json(MANIFEST, {"model": cfg.clip.model, "pretrained": cfg.clip.pretrained,
+        write_json(cfg.out(MANIFEST), {"model": cfg.clip.model, "pretrained": cfg.clip.pretrained,
                               "checkpoint": cfg.clip.checkpoint, "pretrained_here": False})
-        write_json(METRICS, {"skipped": True, "model": cfg.clip.model})
+        write_metrics(cfg, METRICS, {"skipped": True, "model": cfg.clip.model})
         return 0
     if cfg.clip.model != TINY_NAME or not cfg.clip.checkpoint:
         raise WorkbenchError(f"pretrain-clip trains {TINY_NAME}: set clip.model={TINY_NAME} and clip.checkpoint")
@@ -175,7 +175,7 @@ def pretrain_clip(cfg: Config, args=None) -> int:
         ckpt = {"config": arch, "state_dict": model.state_dict(), "classes": spec.classes,
                 "background": spec.background, "metrics": metrics, "steps": p.steps}
         save_torch(cfg.clip.checkpoint, ckpt)
-        write_json(METRICS, metrics)
+        write_metrics(cfg, METRICS, metrics)
         write_json(Path(cfg.clip.checkpoint).parent / MANIFEST.name, {"model": TINY_NAME, "checkpoint": cfg.clip.checkpoint, "pretrained_here": True,
                               "config": arch, "metrics": metrics})
         run.log_metrics(metrics)

@@ -37,7 +37,7 @@ from dfa.io import write_json
 from dfa.losses import token_labels
 from dfa.metrics import confusion_matrix, error_shares, miou
 from dfa.model import TokenScores, decoder_areas, gt_areas
-from dfa.stages.common import class_spec, console, data_errors, layout_of, limit, progress, setup
+from dfa.stages.common import class_spec, console, data_errors, layout_of, limit, progress, setup, write_metrics
 from dfa.stages.report import iou_table, save_grid
 from dfa.stages.train import load_trained
 from dfa.stages.views import extractor, normalise, square_mask, square_view
@@ -271,7 +271,7 @@ def pseudo(cfg: Config, args=None) -> int:
                              f"{d.seed_split}; calibrating there would tune on the reported numbers (method.md §12)")
     model = load_trained(cfg, device)
     ext = extractor(cfg, spec, device)
-    out = OUTPUTS
+    out = cfg.out(OUTPUTS)
     with stage_run(cfg, "pseudo_labels") as run, progress() as bar:
         bg = calibrate(cfg, model, ext, layout, tune, labels, bar)
         fp = fingerprint({"model": file_digest(Path(cfg.train.dir) / "model.pt"), "cfg": cfg.flat(),
@@ -285,11 +285,11 @@ def pseudo(cfg: Config, args=None) -> int:
         metrics.update(dataset=d.name, split=d.seed_split, images=len(names), ablation_row=cfg.ablation.row,
                        ceiling=cfg.ablation.ceiling, calibrated_on=d.tune_split if cfg.refine.calibrate else None,
                        tune_miou={k: {str(p): round(v, 2) for p, v in t.items()} for k, t in bg["table"].items()})
-        write_json(METRICS, metrics)
-        save_grid(GRID, figure, figure_titles(cfg))
+        write_metrics(cfg, METRICS, metrics)
+        save_grid(cfg.out(GRID), figure, figure_titles(cfg))
         table = iou_table(["background", *spec.classes], ious)
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float) and np.isfinite(v)})
-        run.log_artifact(GRID)
+        run.log_artifact(cfg.out(GRID))
         run.log_text(table, "per_class_iou.md")
     console.print(table)
     console.print(f"pseudo ({d.name}/{d.seed_split}, row {cfg.ablation.row}"

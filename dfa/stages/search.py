@@ -194,7 +194,7 @@ def make_objective(cfg: Config, args, space: Space, parent_id: str | None, score
         values = {k: p.suggest(trial) for k, p in space.params.items()}
         tags = {"optuna.study": args.study, "optuna.trial": str(trial.number)}
         try:
-            tcfg = trial_config(args, cfg, space, values, f"checkpoints/search/{slug}/trial_{trial.number}")
+            tcfg = trial_config(args, cfg, space, values, str(cfg.out(f"checkpoints/search/{slug}/trial_{trial.number}")))
         except ConfigError:
             # Sampled values the params reject (e.g. out of range): still a visible, FAILED trial run.
             with stage_run(cfg, f"trial {trial.number}", nested_in=parent_id, extra_tags=tags) as run:
@@ -356,7 +356,7 @@ def search(cfg: Config, args) -> int:
         raise ConfigError(f"--n-trials: must be >= 0, got {args.n_trials}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our table says the rest
     study = open_study(cfg, space, args.study)
-    out_dir = REPORTS / _slug(args.study)
+    out_dir = cfg.out(REPORTS) / _slug(args.study)
     scorer = SeedScorer()
     tags = {"optuna.study": args.study, "search.space": str(space.path)}
     with stage_run(cfg, "search", extra_tags=tags) as parent:

@@ -28,10 +28,10 @@ from dfa.data.dataset import WSSSDataset
 from dfa.data.transforms import TrainTransform
 from dfa.errors import NumericalError, WorkbenchError
 from dfa.features_cache import CachedViews, fingerprint
-from dfa.io import save_torch, write_json, write_text
+from dfa.io import save_torch, write_text
 from dfa.losses import token_labels
 from dfa.model import DFA, decoder_areas
-from dfa.stages.common import class_spec, console, data_errors, layout_of, progress, setup
+from dfa.stages.common import class_spec, console, data_errors, layout_of, progress, setup, write_metrics
 from dfa.stages.views import cache_fingerprint, extractor, normalise
 from dfa.tracking import stage_run
 
@@ -327,16 +327,16 @@ def train(cfg: Config, args=None) -> int:
     with stage_run(cfg, "train") as run:
         result = fit(cfg, run)
         metrics = {k: v for k, v in result.items() if k != "curve"}
-        write_json(METRICS, metrics)
-        write_curve(result["curve"])
+        write_metrics(cfg, METRICS, metrics)
+        write_curve(result["curve"], cfg.out(CURVE))
         run.log_metrics({"final_loss": metrics["final_loss"] or 0.0})
-        run.log_artifact(CURVE)
+        run.log_artifact(cfg.out(CURVE))
     console.print(f"trained {cfg.train.steps} steps → {Path(cfg.train.dir) / 'model.pt'} "
                   f"(digest {metrics['state_digest'][:12]})")
     return 0
 
 
-def write_curve(curve: list[dict]) -> None:
+def write_curve(curve: list[dict], path: Path = CURVE) -> None:
     if not curve:
         return
     import io
@@ -344,7 +344,7 @@ def write_curve(curve: list[dict]) -> None:
     w = csv.DictWriter(buf, fieldnames=list(curve[0]))
     w.writeheader()
     w.writerows(curve)
-    write_text(CURVE, buf.getvalue())
+    write_text(path, buf.getvalue())
 
 
 def load_trained(cfg: Config, device: torch.device) -> DFA:
