@@ -250,7 +250,8 @@ class OTConfig:
     softmax_sum | tempered | uniform | decoder | oracle (the ``areas`` ceiling only);
     ``readout``: posterior | colmax (v1); ``normalize``: class | image; ``score``: fixed |
     literal. ``reg_m`` is τ_m of the relaxed columns; ``tau`` the ``tempered`` prior's
-    temperature. ``debug`` writes every image's plan column sums next to the pseudo-labels.
+    temperature. ``debug``: ``dfa pseudo`` writes every image's plan column sums (background
+    first, absent classes null) to ``outputs/pseudo/ot_columns.json``, so a collapse is visible.
     """
     score: str = "fixed"
     formulation: str = "balanced"

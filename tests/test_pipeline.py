@@ -17,24 +17,41 @@ def test_smoke_pipeline_end_to_end(smoke_workspace, dfa_cli, tmp_path):
     """prepare → pretrain-clip → cache (the fixture) → train → pseudo → evaluate."""
     ws = tmp_path / "ws"
     shutil.copytree(smoke_workspace, ws)
-    for stage in ("train", "pseudo", "evaluate"):
-        dfa_cli(ws, stage, "--smoke", "-S", "tracking.enabled=false")
+    debug = ("-S", "ot.debug=true")
+    dfa_cli(ws, "train", "--smoke", "-S", "tracking.enabled=false")
+    dfa_cli(ws, "pseudo", "--smoke", "-S", "tracking.enabled=false", *debug)
+    dfa_cli(ws, "evaluate", "--smoke", "-S", "tracking.enabled=false")
     pseudo = json.loads((ws / "smoke/reports/metrics/pseudo.json").read_text())
-    for key in ("cam_miou", "seed_miou", "mask_miou"):
-        assert 0.0 <= pseudo[key] <= 100.0
+    grid = [0.5, 1.0, 2.0]                                   # refine.bg_grid under --smoke
+    assert pseudo["calibrated_on"] == "tune" and pseudo["bg_power_seed"] in grid and pseudo["bg_power_cam"] in grid
+    assert set(pseudo["tune_miou"]["seed"]) == {str(p) for p in grid}
+    assert max(pseudo["tune_miou"]["seed"].values()) == pytest.approx(pseudo["tune_miou"]["seed"][str(pseudo["bg_power_seed"])], abs=0.01)
+    for kind in ("cam", "seed", "mask"):
+        assert {f"{kind}_{s}" for s in ("miou", "missed_fg", "wrong_class", "spill_bg")} <= set(pseudo)
+    # ot.debug: the plan's column sums per image, background first; rows of 1/N sum to 1
+    columns = json.loads((ws / "smoke/outputs/pseudo/ot_columns.json").read_text())
+    assert len(columns) == pseudo["images"]
+    for sums in columns.values():
+        kept = [v for v in sums if v is not None]
+        assert sums[0] is not None and sum(kept) == pytest.approx(1.0, abs=1e-3)
     ev = json.loads((ws / "smoke/reports/metrics/eval.json").read_text())
-    assert 0.0 <= ev["seg_miou"] <= 100.0 and 0.0 <= ev["seg_crf_miou"] <= 100.0
+    per_class = [v for v in ev["per_class_iou"].values() if v is not None]
+    assert sum(per_class) / len(per_class) == pytest.approx(ev["seg_crf_miou"], abs=1e-6)
     assert set(ev["per_class_iou"]) >= {"background", "boat"}
     train = json.loads((ws / "smoke/reports/metrics/train.json").read_text())
     assert train["final_step"] == 12 and len(train["state_digest"]) == 64
+    assert train["grid"] == [8, 8] and train["resolved"] == {"radius": "3×3", "window": "3×3", "box": "3×3"}
     for png in ("smoke/reports/figures/pseudo_grid.png", "smoke/reports/figures/eval_grid.png"):
         assert Image.open(ws / png).size[0] > 100
     assert len(list((ws / "smoke/outputs/pseudo/mask").glob("*.png"))) == pseudo["images"]
     # A second `dfa pseudo` reads the finished masks back instead of recomputing them.
     before = {p: p.stat().st_mtime_ns for p in (ws / "smoke/outputs/pseudo/mask").glob("*.png")}
-    dfa_cli(ws, "pseudo", "--smoke", "-S", "tracking.enabled=false")
+    dfa_cli(ws, "pseudo", "--smoke", "-S", "tracking.enabled=false", *debug)
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert json.loads((ws / "smoke/reports/metrics/pseudo.json").read_text())["seed_miou"] == pseudo["seed_miou"]
+    # the oracle prior is refused outside the areas ceiling
+    proc = dfa_cli(ws, "pseudo", "--smoke", "-S", "tracking.enabled=false", "-S", "ot.prior=oracle", check=False)
+    assert proc.returncode == 2 and "areas ceiling" in proc.stderr
 
 
 def test_cached_and_online_features_agree(smoke_workspace, monkeypatch):
@@ -50,7 +67,8 @@ def test_cached_and_online_features_agree(smoke_workspace, monkeypatch):
     views = CachedViews(cfg.cache.dir)
     ext = extractor(cfg, class_spec(cfg), "cpu")
     layout = layout_of(cfg)
-    for name, flip in ((views.names[0], False), (views.names[3], True)):
+    pairs = [(views.names[0], False), (views.names[3], views.views_per_image == 2)]   # flips when cached
+    for name, flip in pairs:
         cached = views.batch([views.view_index(name, int(flip))])
         view = square_view(read_image(layout.image_path(name)), cfg.data.crop_size, flip)
         assert np.array_equal(cached["image"][0].numpy(), view)

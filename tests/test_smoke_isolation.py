@@ -87,7 +87,7 @@ def test_smoke_on_the_embedded_benchmark_writes_only_under_smoke(workspace):
     names = {name for _, name, _ in store_runs(workspace["db"], "dfa-smoke")}
     # not a git checkout: the commit reads "unknown"
     assert {f"{stage} · synthetic · row 4 · seed 0 · unknown" for stage in ("prepare", "train", "evaluate")} <= names
-    assert {"trial 0", "row 4"} <= names
+    assert {"trial 0", "row 4 · seed 0"} <= names
 
 
 def test_the_smoke_pipeline_twice_gives_byte_identical_metrics(workspace, smoke_workspace, dfa_cli, tmp_path):

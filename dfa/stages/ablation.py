@@ -304,7 +304,7 @@ def markdown(df, cfg: Config, args, seeds: list[int], wall_s: float, fig: Path =
             "Ceiling rows feed one module ground truth (method.md §11) and are labelled as such; the error shares are "
             "of the seed (missed fg and wrong class: % of foreground pixels; bg spill: % of background pixels). A "
             "claim \"row a beats row b\" needs a difference larger than the two stds added together (§12).\n\n"
-            f"![ablation]({fig.relative_to(MARKDOWN.parent).as_posix()})\n")
+            f"![ablation](figures/{fig.name})\n")
 
 
 def figure(df, path: Path, dataset: str) -> None:

@@ -183,6 +183,10 @@ def predict(cfg: Config, model, ext, chunk: Chunk, bg: dict, crf: bool, pool=Non
     cam = model.refine(None, None, valid, chunk.image, grid, tokens=toks["cam"], bg_power=bg["cam"])
     seed = model.refine(None, None, valid, chunk.image, grid, tokens=toks["seed"], bg_power=bg["seed"])
     out = {"cam": _at_image_size(cam.scores, chunk.raw), "seed": _at_image_size(seed.scores, chunk.raw)}
+    sums = toks["seed"].column_sums
+    if cfg.ot.debug and sums is not None:   # the plan's column sums per image: a collapse shows here
+        out["columns"] = [[round(float(v), 6) if ok else None for v, ok in zip(row, keep)]
+                          for row, keep in zip(sums.tolist(), valid.tolist())]
     if crf:
         items = []
         for j, im in enumerate(chunk.raw):
@@ -214,6 +218,7 @@ def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict,
     n_cls = len(ext.spec.classes) + 1
     conf = {k: torch.zeros(n_cls, n_cls, dtype=torch.int64) for k in KINDS}
     figure: list = []
+    columns: dict[str, list] = {}
     task = bar.add_task("seeds and pseudo masks", total=len(names), info="") if bar is not None else None
     use_crf = cfg.eval.crf.enabled if crf is None else crf
     with (crf_pool(cfg.eval.workers) if use_crf else None) or nullcontext() as pool:
@@ -226,6 +231,7 @@ def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict,
             else:
                 chunk = load_chunk(cfg, ext, layout, sub, labels, ext.device)
                 preds, rows = predict(cfg, model, ext, chunk, bg, use_crf, pool, seed_fn)
+                columns.update(zip(sub, preds.pop("columns", [])))
                 gts = chunk.gts
                 figure.extend(rows[:max(0, cfg.eval.grid_images - len(figure))])
                 if out is not None:
@@ -236,6 +242,8 @@ def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict,
                 _add(conf[k], preds[k], gts)
             if bar is not None:
                 bar.update(task, advance=len(sub))
+    if columns and out is not None:
+        write_json(out / "ot_columns.json", columns)   # ot.debug: [background, class 1, ...] per image
     metrics: dict = {}
     ious = {}
     for k, c in conf.items():
