@@ -6,8 +6,11 @@ resolved from the repository root (``DVC_ROOT`` under DVC), never the working di
 ``artifact_location`` and runs are started with an explicit ``experiment_id`` (MLflow 3).
 
 Which stages belong to one invocation: ``DFA_PIPELINE_ID`` if set (``make repro``, the
-ablation and search commands set it), else the ``dvc`` process that runs the stage (its pid
-and start time), else none (a stand-alone run without a parent).
+ablation and search commands set it), else the DVC experiment (``DVC_EXP_NAME``, set by
+``dvc exp run`` and by ``dvc queue`` workers), else the ``dvc`` process that runs the stage
+(its pid and start time), else none (a stand-alone run without a parent).
+``tracking.uri`` may also be ``postgresql://…`` (a shared store) or ``http://host:port`` (an
+MLflow server, ``make mlflow-server``).
 With ``tracking.enabled: false`` every call is a no-op.
 """
 from __future__ import annotations
@@ -24,11 +27,21 @@ PIPELINE_TAG = "dfa.pipeline_id"
 
 
 def resolve_uri(uri: str, root: Path) -> str:
-    """``sqlite:///rel.db`` → ``sqlite:////abs/root/rel.db``; other URIs unchanged."""
+    """``sqlite:///rel.db`` → ``sqlite:////abs/root/rel.db``; ``postgresql://`` (or
+    ``postgres://``) → ``postgresql+psycopg://`` (psycopg 3 is the driver installed; SQLAlchemy's
+    bare scheme means psycopg2); other URIs unchanged."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str((root / uri[len(prefix):]).resolve())
+    for bare in ("postgresql://", "postgres://"):
+        if uri.startswith(bare):
+            return "postgresql+psycopg://" + uri[len(bare):]
     return uri
+
+
+def is_server(uri: str) -> bool:
+    """An MLflow tracking server (``make mlflow-server``): it owns the artifact root."""
+    return uri.startswith(("http://", "https://"))
 
 
 def _dvc_invocation() -> str | None:
@@ -50,7 +63,10 @@ def _dvc_invocation() -> str | None:
 
 
 def pipeline_id() -> str | None:
-    return os.environ.get("DFA_PIPELINE_ID") or _dvc_invocation()
+    # A DVC experiment (DVC_EXP_NAME, also in a queued run's temp dir) is one invocation even when
+    # one `dvc queue` worker process runs several experiments one after the other.
+    exp = os.environ.get("DVC_EXP_NAME")
+    return os.environ.get("DFA_PIPELINE_ID") or (f"dvc-exp-{exp}" if exp else None) or _dvc_invocation()
 
 
 class NullRun:
@@ -103,17 +119,22 @@ def client_for(cfg: Config):
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     if exp is not None:
         return client, exp.experiment_id
-    artifacts = (root / "mlartifacts" / cfg.tracking.experiment).resolve()
+    # A server stores artifacts under its own root (mlflow-artifacts:/), reachable from every
+    # machine; a local store gets an absolute folder, so runs from DVC's temp dirs land beside it.
+    artifacts = None if is_server(uri) else (root / "mlartifacts" / cfg.tracking.experiment).resolve().as_uri()
     try:
-        return client, client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts.as_uri())
+        return client, client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts)
     except Exception:  # created meanwhile by another process
         return client, client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
 
 
 def _tags(cfg: Config) -> dict[str, str]:
     from dfa.stages.common import git_commit
-    return {"mlflow.source.git.commit": git_commit(), "dataset": cfg.data.name,
+    tags = {"mlflow.source.git.commit": git_commit(), "dataset": cfg.data.name,
             "ablation.row": str(cfg.ablation.row), "smoke": str(cfg.smoke)}
+    if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run` (queued or not): which experiment
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
 
 
 def _parent(client, exp_id: str, pid: str, cfg: Config) -> str:
