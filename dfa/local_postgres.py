@@ -96,6 +96,10 @@ class LocalPostgres:
     def start(self) -> "LocalPostgres":
         """initdb (first time only) and start; waits until the server accepts connections."""
         self._own()
+        if self.user is not None and subprocess.run(["runuser", "-u", self.user.pw_name, "--", "test", "-w",
+                                                     str(self.folder)]).returncode != 0:
+            raise RuntimeError(f"{self.folder}: the '{self.user.pw_name}' user that runs the server cannot reach it "
+                               f"(a parent folder is private); use a folder under /tmp or /srv")
         if not (self.data / "PG_VERSION").exists():
             self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
         if not self.running():

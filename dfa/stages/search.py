@@ -405,7 +405,7 @@ def search(cfg: Config, args) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our table says the rest
     study = open_study(cfg, space, args.study)
     if workers > 1 and cfg.search.storage.startswith("sqlite"):
-        console.print(f"[yellow]search: {workers} workers on SQLite: {POSTGRES_HINT}[/]")
+        console.print(f"[yellow]search: {workers} workers on SQLite: {POSTGRES_HINT}[/]", soft_wrap=True)
     out_dir = REPORTS / _slug(args.study)
     tags = {"optuna.study": args.study, "search.space": str(space.path), "search.workers": str(workers)}
     with stage_run(cfg, "search", extra_tags=tags) as parent:

@@ -36,7 +36,7 @@ from dfa.tracking import resolve_uri
 
 SQLITE_TIMEOUT_S = 60   # how long a SQLite writer waits for the lock before "database is locked"
 EXIT_STORAGE = 3        # a worker's exit code when the storage itself failed (not a trial)
-POSTGRES_HINT = ("SQLite takes one writer at a time; for --workers > 1 use "
+POSTGRES_HINT = ("SQLite takes one writer at a time; for more workers use PostgreSQL: "
                  "-S search.storage=postgresql://USER@HOST/DB (README \"Scaling out\")")
 
 
