@@ -115,8 +115,9 @@ def client_for(cfg: Config):
 
     root = repo_root()
     uri = resolve_uri(cfg.tracking.uri, root)
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    with _creation_lock(uri):  # the first use creates the store's tables
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(cfg.tracking.experiment)
     if exp is not None:
         return client, exp.experiment_id
     # A server stores artifacts under its own root (mlflow-artifacts:/), reachable from every
@@ -126,6 +127,29 @@ def client_for(cfg: Config):
         return client, client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts)
     except Exception:  # created meanwhile by another process
         return client, client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+
+
+@contextmanager
+def _creation_lock(uri: str) -> Iterator[None]:
+    """Serialise the first touch of a SQLite store across processes on this machine.
+
+    MLflow 3 creates a new SQLite store's tables in seconds of alembic migrations, and two
+    processes doing it at once corrupt it (``dvc queue start -j 2``, ``dfa search --workers``
+    on SQLite). An advisory lock on ``<store>.lock`` makes the second wait for the first.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = Path(uri[len("sqlite:///"):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _tags(cfg: Config) -> dict[str, str]:
