@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--rows", default="0,1,2,3,4", help="comma-separated rows")
         if name == "bench":
             p.add_argument("--only", default=None,
-                           help="comma-separated sections (sinkhorn,train_step,crf,gpu; default all)")
+                           help="comma-separated sections (sinkhorn,train_step,crf,gpu,search_scaling; default all)")
             p.add_argument("--out", default=None, help="report path (default reports/bench.json)")
     return parser
 
