@@ -18,7 +18,6 @@ import urllib.request
 from pathlib import Path
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from conftest import cli_env
@@ -129,12 +128,14 @@ def test_a_killed_worker_trial_is_retried_and_the_study_completes(smoke_workspac
 
 def test_two_workers_on_sqlite_work_or_fail_in_one_line(smoke_workspace, dfa_cli, tmp_path):
     optuna_db, mlflow_db = tmp_path / "optuna.db", tmp_path / "mlflow.db"
+    # search.devices: one CUDA_VISIBLE_DEVICES per worker (on a CPU machine no device is visible either way).
     proc = dfa_cli(smoke_workspace, *search_cmd("lite", f"sqlite:///{optuna_db}", f"sqlite:///{mlflow_db}"),
-                   "--workers", "2", "--n-trials", "2", check=False)
+                   "--workers", "2", "--n-trials", "2", "-S", "search.devices=[0,1]", check=False)
     assert "PostgreSQL" in proc.stderr  # the warning when the run starts
     if proc.returncode == 0:
         study = optuna.load_study(study_name="lite", storage=f"sqlite:///{optuna_db}")
         assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+        assert sorted(t.user_attrs["cuda_visible_devices"] for t in study.trials) == ["0", "1"]
     else:
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         last = proc.stderr.strip().splitlines()[-1]

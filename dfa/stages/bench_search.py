@@ -4,7 +4,8 @@
   with 1 and with 2 workers, PostgreSQL storage and MLflow store on a throwaway local
   server, alternated ``repeats`` times (medians). Throughput is trials over the span from
   the first trial's start to the last one's end, read from the study, so process start-up
-  is excluded. On 2 cores the ratio is bounded near 2×.
+  is excluded; ``warm_*`` leaves out each worker's first trial too. On 2 idle cores the
+  ratio is bounded near 2×; other load on the cores lowers that bound.
 * Storage overhead per trial in ms, SQLite vs PostgreSQL, timed round-robin in this
   process: Optuna (ask, the space's suggestions, two intermediate reports, user attributes,
   tell, with heartbeats on) and MLflow (one nested trial run as ``dfa search`` logs it: the
@@ -31,9 +32,15 @@ from dfa.local_postgres import LocalPostgres, unavailable
 SPACE = Path(__file__).resolve().parents[2] / "experiments" / "frequency.yaml"
 
 
-def _throughput(storage: str, study: str) -> float:
-    """Finished trials per minute between the first start and the last completion."""
+def _throughput(storage: str, study: str, warm: bool = False) -> float:
+    """Finished trials per minute between the first start and the last completion; ``warm``: leaving
+    out each worker process's first trial (it loads the CLIP extractor and opens the stores)."""
     trials = [t for t in optuna.load_study(study_name=study, storage=storage).trials if t.datetime_complete]
+    if warm:
+        firsts = {}
+        for t in sorted(trials, key=lambda t: t.datetime_start):
+            firsts.setdefault(t.user_attrs.get("worker"), t.number)
+        trials = [t for t in trials if t.number not in firsts.values()]
     span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
     return 60.0 * len(trials) / span
 
@@ -115,19 +122,26 @@ def bench_search_scaling(cfg: Config, smoke: bool) -> dict:
         shutil.copy(Path("params.yaml") if Path("params.yaml").exists() else SPACE.parents[1] / "params.yaml",
                     ws / "params.yaml")
         storage, tracking = pg.url("optuna"), pg.url("mlflow")
+        load_before = os.getloadavg()  # other processes on the cores bound what a second worker can add
         rates: dict[int, list[float]] = {1: [], 2: []}
+        warm: dict[int, list[float]] = {1: [], 2: []}
         for r in range(repeats):
             for workers in (1, 2):
                 study = f"scaling-w{workers}-r{r}"
                 _search(ws, study, workers, n_trials, storage, tracking, prepare=(r == 0 and workers == 1))
                 rates[workers].append(_throughput(storage, study))
+                warm[workers].append(_throughput(storage, study, warm=True))
         one, two = statistics.median(rates[1]), statistics.median(rates[2])
+        warm_one, warm_two = statistics.median(warm[1]), statistics.median(warm[2])
         res = {"space": SPACE.name, "trials_per_run": n_trials, "repeats": repeats, "storage": "postgresql",
                "cpu_count": os.cpu_count(),
                "trials_per_min_1_worker": round(one, 2), "trials_per_min_2_workers": round(two, 2),
                "trials_per_min_1_worker_all": [round(x, 2) for x in rates[1]],
                "trials_per_min_2_workers_all": [round(x, 2) for x in rates[2]],
-               "speedup_2_workers": round(two / one, 2)}
+               "speedup_2_workers": round(two / one, 2),
+               "warm_trials_per_min_1_worker": round(warm_one, 2), "warm_trials_per_min_2_workers": round(warm_two, 2),
+               "warm_speedup_2_workers": round(warm_two / warm_one, 2),
+               "loadavg_before": [round(x, 2) for x in load_before]}
         urls = {"sqlite": (f"sqlite:///{tmp}/overhead-optuna.db", f"sqlite:///{tmp}/overhead-mlflow.db"),
                 "postgresql": (pg.url("optuna_overhead"), pg.url("mlflow_overhead"))}
         # repo_root() = the temporary folder: the runs' artifacts stay out of the repository.

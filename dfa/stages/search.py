@@ -18,6 +18,7 @@ The space file format is described in ``experiments/README.md``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections import Counter
@@ -36,7 +37,7 @@ from dfa.io import atomic_path, write_json
 from dfa.stages.common import class_spec, console, data_errors, device_of, layout_of, limit
 from dfa.errors import WorkbenchError
 from dfa.stages import search_prereqs
-from dfa.stages.search_workers import POSTGRES_HINT, fail_stale, open_storage, retried_as, run_workers, worker_tag
+from dfa.stages.search_workers import POSTGRES_HINT, open_storage, retried_as, run_workers, worker_tag
 from dfa.tracking import stage_run
 
 REPORTS = Path("reports/search")
@@ -241,6 +242,8 @@ def make_objective(cfg: Config, args, space: Space, parent_id: str | None, score
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_tag())  # host:pid, to find (or kill) the process of a trial
+        if "CUDA_VISIBLE_DEVICES" in os.environ:  # the device of a worker (search.devices)
+            trial.set_user_attr("cuda_visible_devices", os.environ["CUDA_VISIBLE_DEVICES"])
         if on_start is not None:
             on_start(trial)
         try:
@@ -412,7 +415,6 @@ def search(cfg: Config, args) -> int:
         if workers == 1:
             states: dict[int, str] = {}
             objective = make_objective(cfg, args, space, parent.run_id, SeedScorer())
-            fail_stale(study)  # a trial of a killed earlier run: failed and re-queued before the first ask
             study.optimize(objective, n_trials=args.n_trials, catch=(Exception,),
                            callbacks=[lambda _s, t: states.__setitem__(t.number, t.state.name)])
             errors: list[str] = []

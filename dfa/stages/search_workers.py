@@ -206,8 +206,7 @@ def run_workers(cfg: Config, args, study: optuna.Study, parent_run_id: str | Non
     def restart_if_stale(slot: Slot) -> None:
         number = slot.waiting_for
         fail_stale(study)  # Optuna's own check: fails trials whose heartbeat is older than grace_s
-        trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
-            study._study_id, number))
+        trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
         patience = cfg.search.grace_s + 3 * cfg.search.heartbeat_s + 60
         if trial.state == TrialState.RUNNING and time.monotonic() - slot.died_at < patience:
             return
