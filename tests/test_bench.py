@@ -119,7 +119,7 @@ def test_search_scaling_entry(report):
     sc = report["search_scaling"]
     if "skipped" in sc:
         pytest.skip(f"search_scaling was skipped by the benchmark: {sc['skipped']}")
-    assert sc["storage"] == "postgresql" and sc["trials_per_run"] == 2 and sc["warm_trials_per_min_2_workers"] > 0
+    assert sc["storage"] == "postgresql" and sc["trials_per_run"] == 4 and sc["warm_trials_per_min_2_workers"] > 0
     assert sc["trials_per_min_1_worker"] > 0 and sc["trials_per_min_2_workers"] > 0
     assert sc["speedup_2_workers"] == pytest.approx(sc["trials_per_min_2_workers"] / sc["trials_per_min_1_worker"],
                                                     abs=0.01)

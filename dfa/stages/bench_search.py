@@ -64,6 +64,7 @@ def _storage_overhead(cfg: Config, urls: dict[str, tuple[str, str]], trials: int
     from dfa.stages.search_workers import open_storage
     from dfa.tracking import client_for, stage_run
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per timed trial
     space = load_space(SPACE, cfg)
     studies, cfgs, parents = {}, {}, {}
     for name, (storage, tracking) in urls.items():
@@ -110,7 +111,7 @@ def bench_search_scaling(cfg: Config, smoke: bool) -> dict:
     why = unavailable()
     if why:
         return {"skipped": why}
-    n_trials, repeats = (2, 1) if smoke else (6, 2)
+    n_trials, repeats = (4, 1) if smoke else (6, 2)  # at least 2 per worker: "warm" drops the first
     tmp = Path(tempfile.mkdtemp(prefix="dfa-bench-search-"))
     pg_dir = tempfile.mkdtemp(prefix="dfa-pg-")  # its own folder: the server's user must reach it
     pg = LocalPostgres(pg_dir)
