@@ -4,7 +4,8 @@ Used by the tests (a throwaway server per session), by ``dfa bench`` (``search_s
 and by ``make postgres`` (one machine's server for a shared Optuna storage and MLflow
 store). The server listens on a socket in ``<folder>/sock`` and, unless ``listen`` is given,
 on no TCP port at all. Authentication is ``trust`` for local connections: a folder-local
-server for one user, not a lab's production database (README "Scaling out").
+server for one user, not a lab's production database (README "Scaling out"). It is durable
+(fsync on) unless made with ``durable=False``, as the tests' throwaway server is.
 
 PostgreSQL refuses to run as root; these machines and CI run as root, so there the server
 runs as the unprivileged ``postgres`` user (else ``nobody``) and owns the folder.
@@ -61,7 +62,8 @@ def _server_user() -> pwd.struct_passwd | None:
 class LocalPostgres:
     """One cluster under ``folder`` (``data/``, ``sock/``, ``server.log``)."""
 
-    def __init__(self, folder: str | Path, port: int = 5432, listen: str = ""):
+    def __init__(self, folder: str | Path, port: int = 5432, listen: str = "", durable: bool = True):
+        self.durable = durable  # False: fsync off, for throwaway servers (tests) only
         self.folder = Path(folder).resolve()
         self.data = self.folder / "data"
         self.sock = self.folder / "sock"
@@ -101,9 +103,12 @@ class LocalPostgres:
             raise RuntimeError(f"{self.folder}: the '{self.user.pw_name}' user that runs the server cannot reach it "
                                f"(a parent folder is private); use a folder under /tmp or /srv")
         if not (self.data / "PG_VERSION").exists():
-            self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                      *([] if self.durable else ["--no-sync"]))
         if not self.running():
-            opts = f"-k {self.sock} -p {self.port} -c listen_addresses='{self.listen}' -c fsync=off"
+            opts = f"-k {self.sock} -p {self.port} -c listen_addresses='{self.listen}'"
+            if not self.durable:
+                opts += " -c fsync=off -c synchronous_commit=off"
             self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.log), "-o", opts)
         return self
 

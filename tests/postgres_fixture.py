@@ -33,7 +33,7 @@ def postgres():
     # Under /tmp with a short name: the socket path must stay under 107 bytes, and as root the
     # server's own user must be able to reach the folder (pytest's tmp root is private to root).
     folder = tempfile.mkdtemp(prefix="dfa-pg-")
-    pg = LocalPostgres(folder).start()
+    pg = LocalPostgres(folder, durable=False).start()  # thrown away: no fsync
     try:
         yield Server(pg)
     finally:

@@ -135,6 +135,7 @@ def bench_search_scaling(cfg: Config, smoke: bool) -> dict:
         one, two = statistics.median(rates[1]), statistics.median(rates[2])
         warm_one, warm_two = statistics.median(warm[1]), statistics.median(warm[2])
         res = {"space": SPACE.name, "trials_per_run": n_trials, "repeats": repeats, "storage": "postgresql",
+               "postgresql_fsync": pg.durable,
                "cpu_count": os.cpu_count(),
                "trials_per_min_1_worker": round(one, 2), "trials_per_min_2_workers": round(two, 2),
                "trials_per_min_1_worker_all": [round(x, 2) for x in rates[1]],

@@ -37,7 +37,8 @@ from dfa.io import atomic_path, write_json
 from dfa.stages.common import class_spec, console, data_errors, device_of, layout_of, limit
 from dfa.errors import WorkbenchError
 from dfa.stages import search_prereqs
-from dfa.stages.search_workers import POSTGRES_HINT, open_storage, retried_as, run_workers, worker_tag
+from dfa.stages.search_workers import (POSTGRES_HINT, open_storage, retried_as, run_workers, warm_up,
+                                      worker_tag)
 from dfa.tracking import stage_run
 
 REPORTS = Path("reports/search")
@@ -414,6 +415,7 @@ def search(cfg: Config, args) -> int:
     with stage_run(cfg, "search", extra_tags=tags) as parent:
         if workers == 1:
             states: dict[int, str] = {}
+            warm_up(cfg)  # as a worker does: one-off imports and store connection outside the first trial
             objective = make_objective(cfg, args, space, parent.run_id, SeedScorer())
             study.optimize(objective, n_trials=args.n_trials, catch=(Exception,),
                            callbacks=[lambda _s, t: states.__setitem__(t.number, t.state.name)])

@@ -109,6 +109,7 @@ def worker_main(job: WorkerJob) -> None:
                               study=job.study)
     put = job.events.put
     try:
+        warm_up(cfg)
         space = s.load_space(job.space, cfg)
         study = s.open_study(cfg, space, job.study, worker=job.index, workers=job.workers)
         objective = s.make_objective(cfg, args, space, job.parent_run_id, s.SeedScorer(),
@@ -118,6 +119,17 @@ def worker_main(job: WorkerJob) -> None:
     except Exception as exc:  # the storage, not a trial: optimize() catches what trials raise
         put(("error", job.index, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]))
         sys.exit(EXIT_STORAGE)
+
+
+def warm_up(cfg: Config) -> None:
+    """Pay a fresh process's one-off costs before its first trial, not inside it: the imports a
+    trial makes lazily (training, scoring, open_clip) and the MLflow store's first connection."""
+    import dfa.stages.pseudo  # noqa: F401
+    import dfa.stages.train  # noqa: F401
+    import dfa.stages.views  # noqa: F401
+    if cfg.tracking.enabled:
+        from dfa.tracking import client_for
+        client_for(cfg)
 
 
 # ------------------------------------------------------------------------------ the coordinator
