@@ -34,9 +34,9 @@ from rich.table import Table
 from dfa.config import Config, ConfigError, load_config, read_yaml_mapping
 from dfa.data.dataset import load_labels
 from dfa.io import atomic_path, write_json
-from dfa.stages.common import class_spec, console, data_errors, device_of, layout_of, limit
 from dfa.errors import WorkbenchError
 from dfa.stages import search_prereqs
+from dfa.stages.common import class_spec, console, data_errors, device_of, layout_of, limit
 from dfa.stages.search_workers import (POSTGRES_HINT, open_storage, retried_as, run_workers, warm_up,
                                       worker_tag)
 from dfa.tracking import stage_run
@@ -391,11 +391,14 @@ def check_prerequisites(args, space: Space) -> None:
         problems = search_prereqs.missing(base_config(args, space))
     if problems:
         first = problems[0]
-        how = ("add --prepare to run the missing stages first" if first.stage
-               else "fix the params (no dfa stage makes it)")
-        if first.stage and not getattr(args, "prepare", False):
-            how = f"run `dfa {first.stage}` with the same params, or {how}"
-        raise WorkbenchError(f"{first.what}; {how}" + (f" ({len(problems) - 1} more missing)" if len(problems) > 1 else ""))
+        if getattr(args, "prepare", False):
+            how = "still missing after --prepare"
+        elif first.stage:
+            how = f"run `dfa {first.stage}` with the same params, or add --prepare to run the missing stages first"
+        else:
+            how = "fix the params (no dfa stage makes it)"
+        more = f" ({len(problems) - 1} more missing)" if len(problems) > 1 else ""
+        raise WorkbenchError(f"{first.what}; {how}{more}")
 
 
 def search(cfg: Config, args) -> int:

@@ -33,9 +33,6 @@ class Missing:
     stage: str | None  # the dfa command that makes it, or None if no stage can (a user's file)
     what: str          # one line: what is missing and where
 
-    def line(self) -> str:
-        return self.what + (f" (`dfa {self.stage}` makes it)" if self.stage else "")
-
 
 def _data(cfg: Config) -> tuple[Missing | None, list[str] | None]:
     """(problem, names of the training split) for the dataset of ``data.root``."""
