@@ -4,7 +4,7 @@ PY := .venv/bin/python
 STAMP := .venv/.installed
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup test test-fast repro ablation-table bench ui dashboard clean-smoke
+.PHONY: setup test test-fast repro ablation-table bench ui dashboard clean-smoke postgres postgres-stop mlflow-server
 
 # .venv is (re)built when missing or older than pyproject.toml.
 $(STAMP): pyproject.toml
@@ -44,3 +44,26 @@ dashboard: $(STAMP)
 # Everything --smoke wrote (its MLflow runs stay in the store, in the experiment <name>-smoke).
 clean-smoke:
 	rm -rf smoke
+
+# Scaling out (README "Scaling out"): a PostgreSQL cluster in $(PG_DIR)/ (socket only unless
+# PG_LISTEN is set) with the databases mlflow and optuna, and one MLflow server on it.
+PG_DIR ?= .postgres
+PG_PORT ?= 5432
+PG_LISTEN ?=
+MLFLOW_BACKEND ?= postgresql://postgres@/mlflow?host=$(CURDIR)/$(PG_DIR)/sock&port=$(PG_PORT)
+MLFLOW_ARTIFACTS ?= mlartifacts-server
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+MLFLOW_ALLOWED_HOSTS ?=
+
+postgres: $(STAMP)
+	$(PY) -m dfa.local_postgres start $(PG_DIR) --port $(PG_PORT) --listen '$(PG_LISTEN)' --db mlflow --db optuna
+
+postgres-stop: $(STAMP)
+	$(PY) -m dfa.local_postgres stop $(PG_DIR)
+
+# Starts the local PostgreSQL first when MLFLOW_BACKEND is the default (its socket).
+mlflow-server: $(STAMP)
+	$(if $(findstring $(PG_DIR)/sock,$(MLFLOW_BACKEND)),$(MAKE) --no-print-directory postgres,)
+	$(PY) -m dfa.tracking_server --backend '$(MLFLOW_BACKEND)' --artifacts '$(MLFLOW_ARTIFACTS)' \
+	  --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) $(if $(MLFLOW_ALLOWED_HOSTS),--allowed-hosts '$(MLFLOW_ALLOWED_HOSTS)',)

@@ -49,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "search":
             p.add_argument("--space", required=True, help="search space YAML (experiments/*.yaml)")
             p.add_argument("--study", required=True, help="study name")
-            p.add_argument("--n-trials", type=int, default=10)
+            p.add_argument("--n-trials", type=int, default=10, help="trials of this run, split over the workers")
+            p.add_argument("--workers", type=int, default=1,
+                           help="worker processes on the study (PostgreSQL search.storage for more than a few)")
+            p.add_argument("--prepare", action="store_true",
+                           help="run the missing prepare / pretrain-clip / cache stages before the study")
         if name == "ablation":
             p.add_argument("--rows", default="0,1,2,3,4", help="comma-separated rows")
             p.add_argument("--seeds", default=None, help="comma-separated seeds (default ablation.seeds)")
@@ -61,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="leave out the raw-CAM and features reference rows")
         if name == "bench":
             p.add_argument("--only", default=None,
-                           help="comma-separated sections (sinkhorn,train_step,crf,gpu; default all)")
+                           help="comma-separated sections (sinkhorn,train_step,crf,gpu,search_scaling; default all)")
             p.add_argument("--out", default=None, help="report path (default reports/bench.json)")
         if name in SERVER_PORTS:
             p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")

@@ -6,8 +6,11 @@ resolved from the repository root (``DVC_ROOT`` under DVC), never the working di
 ``artifact_location`` and runs are started with an explicit ``experiment_id`` (MLflow 3).
 
 Which stages belong to one invocation: ``DFA_PIPELINE_ID`` if set (``make repro``, the
-ablation and search commands set it), else the ``dvc`` process that runs the stage (its pid
-and start time), else none (a stand-alone run without a parent).
+ablation and search commands set it), else the DVC experiment (``DVC_EXP_NAME``, set by
+``dvc exp run`` and by ``dvc queue`` workers), else the ``dvc`` process that runs the stage
+(its pid and start time), else none (a stand-alone run without a parent).
+``tracking.uri`` may also be ``postgresql://…`` (a shared store) or ``http://host:port`` (an
+MLflow server, ``make mlflow-server``).
 With ``tracking.enabled: false`` every call is a no-op.
 
 The experiment is marked as a model-training one (``mlflow.experimentKind``) and carries a
@@ -57,11 +60,21 @@ def landing_url(base: str, experiment_id: str) -> str:
 
 
 def resolve_uri(uri: str, root: Path) -> str:
-    """``sqlite:///rel.db`` → ``sqlite:////abs/root/rel.db``; other URIs unchanged."""
+    """``sqlite:///rel.db`` → ``sqlite:////abs/root/rel.db``; ``postgresql://`` (or
+    ``postgres://``) → ``postgresql+psycopg://`` (psycopg 3 is the driver installed; SQLAlchemy's
+    bare scheme means psycopg2); other URIs unchanged."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str((root / uri[len(prefix):]).resolve())
+    for bare in ("postgresql://", "postgres://"):
+        if uri.startswith(bare):
+            return "postgresql+psycopg://" + uri[len(bare):]
     return uri
+
+
+def is_server(uri: str) -> bool:
+    """An MLflow tracking server (``make mlflow-server``): it owns the artifact root."""
+    return uri.startswith(("http://", "https://"))
 
 
 def _dvc_invocation() -> str | None:
@@ -83,7 +96,10 @@ def _dvc_invocation() -> str | None:
 
 
 def pipeline_id() -> str | None:
-    return os.environ.get("DFA_PIPELINE_ID") or _dvc_invocation()
+    # A DVC experiment (DVC_EXP_NAME, also in a queued run's temp dir) is one invocation even when
+    # one `dvc queue` worker process runs several experiments one after the other.
+    exp = os.environ.get("DVC_EXP_NAME")
+    return os.environ.get("DFA_PIPELINE_ID") or (f"dvc-exp-{exp}" if exp else None) or _dvc_invocation()
 
 
 class NullRun:
@@ -129,13 +145,17 @@ def client_for(cfg: Config):
     from mlflow.tracking import MlflowClient
     root = repo_root()
     uri = resolve_uri(cfg.tracking.uri, root)
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    with _creation_lock(uri):  # the first use creates the store's tables
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(cfg.tracking.experiment)
     ui_tags = {KIND_TAG: KIND, VIEW_TAG: runs_view()}
     if exp is None:
-        artifacts = (root / cfg.out("mlartifacts") / cfg.tracking.experiment).resolve()
+        # A server stores artifacts under its own root (mlflow-artifacts:/), reachable from every
+        # machine; a local store gets an absolute folder, so runs from DVC's temp dirs land beside it.
+        artifacts = None if is_server(uri) else \
+            (root / cfg.out("mlartifacts") / cfg.tracking.experiment).resolve().as_uri()
         try:
-            client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts.as_uri(), tags=ui_tags)
+            client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts, tags=ui_tags)
         except Exception:  # created meanwhile by another process
             pass
         exp = client.get_experiment_by_name(cfg.tracking.experiment)
@@ -152,9 +172,35 @@ def run_label(cfg: Config, what: str) -> str:
     return " · ".join([what, cfg.data.name, row, f"seed {cfg.seed}", commit])
 
 
+@contextmanager
+def _creation_lock(uri: str) -> Iterator[None]:
+    """Serialise the first touch of a SQLite store across processes on this machine.
+
+    MLflow 3 creates a new SQLite store's tables in seconds of alembic migrations, and two
+    processes doing it at once corrupt it (``dvc queue start -j 2``, ``dfa search --workers``
+    on SQLite). An advisory lock on ``<store>.lock`` makes the second wait for the first.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = Path(uri[len("sqlite:///"):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _tags(cfg: Config) -> dict[str, str]:
-    return {"mlflow.source.git.commit": git_commit(), "dataset": cfg.data.name,
+    tags = {"mlflow.source.git.commit": git_commit(), "dataset": cfg.data.name,
             "ablation.row": str(cfg.ablation.row), "smoke": str(cfg.smoke)}
+    if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run` (queued or not): which experiment
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
 
 
 def _parent(client, exp_id: str, pid: str, cfg: Config) -> str:

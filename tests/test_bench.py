@@ -113,3 +113,19 @@ def test_unknown_section_is_refused(tmp_path, monkeypatch):
     cfg = load_config(REPO / "params.yaml", ["tracking.enabled=false"], smoke=True)
     with pytest.raises(WorkbenchError, match="unknown section"):
         bench(cfg, SimpleNamespace(only="sinkhorn,gpus", out=None))
+
+
+def test_search_scaling_entry(report):
+    sc = report["search_scaling"]
+    if "skipped" in sc:
+        pytest.skip(f"search_scaling was skipped by the benchmark: {sc['skipped']}")
+    assert sc["storage"] == "postgresql" and sc["trials_per_run"] == 4 and sc["warm_trials_per_min_2_workers"] > 0
+    assert sc["trials_per_min_1_worker"] > 0 and sc["trials_per_min_2_workers"] > 0
+    assert sc["speedup_2_workers"] == pytest.approx(sc["trials_per_min_2_workers"] / sc["trials_per_min_1_worker"],
+                                                    abs=0.01)
+    for backend in ("sqlite", "postgresql"):
+        for kind in ("optuna", "mlflow"):
+            ms = sc["overhead"][f"{kind}_{backend}_ms_per_trial"]
+            lo, hi = sc["overhead"][f"{kind}_{backend}_ms_per_trial_range"]
+            assert 0 < lo <= ms <= hi
+        assert sc["overhead_ms_per_trial"][backend] > 0

@@ -123,20 +123,27 @@ def in_workspace(smoke_workspace, monkeypatch):
     return smoke_workspace
 
 
-def run_search(stores: Path, space: dict, n_trials: int, study: str):
+def run_search(stores: Path, space: dict, n_trials: int, study: str, rc: int = 0, enqueue: list[dict] = ()):
+    """``dfa search`` in this process; ``enqueue``: params of the first trials (Optuna's enqueue_trial)."""
     path = stores / f"{study}.yaml"
     path.write_text(yaml.safe_dump(space))
     overrides = [f"search.storage=sqlite:///{stores}/optuna.db", f"tracking.uri=sqlite:///{stores}/mlflow.db"]
     args = argparse.Namespace(params="params.yaml", overrides=overrides, smoke=True, space=str(path), study=study,
                               n_trials=n_trials)
-    assert search_mod.search(load_config(args.params, overrides, smoke=True), args) == 0
+    if enqueue:
+        created = optuna.create_study(study_name=study, storage=f"sqlite:///{stores}/optuna.db", direction="maximize")
+        for params in enqueue:
+            created.enqueue_trial(params)
+    assert search_mod.search(load_config(args.params, overrides, smoke=True), args) == rc
     return optuna.load_study(study_name=study, storage=f"sqlite:///{stores}/optuna.db")
 
 
-def test_failed_trial_is_recorded_and_the_study_goes_on(in_workspace, stores):
-    # ratio > 1 is rejected by the params: every trial fails, each with its reason kept.
+def test_every_trial_failing_exits_non_zero(in_workspace, stores, capsys):
+    # ratio > 1 is rejected by the params: every trial fails, each with its reason kept, and the
+    # command says so with exit code 1 instead of reporting success.
     space = {"params": {"frequency.ratio": {"type": "float", "low": 1.5, "high": 2.0}}}
-    study = run_search(stores, space, 2, "fails")
+    study = run_search(stores, space, 2, "fails", rc=1)
+    assert "all 2 trial(s) of this run failed" in capsys.readouterr().err
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
     assert all(t.user_attrs["error"].startswith("ConfigError: frequency.ratio") for t in study.trials)
     summary = json.loads((in_workspace / "smoke/reports/search/fails/summary.json").read_text())
@@ -159,3 +166,69 @@ def test_pruned_trial(in_workspace, stores, monkeypatch):
     assert trial.user_attrs["pruned"].startswith("pruned at step 3")
     (run,) = mlflow_runs(stores / "mlflow.db", "tags.stage = 'trial 0' and tags.`optuna.study` = 'pruned'")
     assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "PRUNED"
+
+
+def test_a_trial_failing_on_its_own_leaves_the_study_running(in_workspace, stores):
+    # The first trial samples a ratio the params reject; the second a valid one: the study goes on
+    # after the failure and the run exits 0 because not every trial failed.
+    space = {"params": {"frequency.ratio": {"type": "categorical", "choices": [1.5, 0.25]}}}
+    study = run_search(stores, space, 2, "one-fails", rc=0,
+                       enqueue=[{"frequency.ratio": 1.5}, {"frequency.ratio": 0.25}])
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert study.trials[0].user_attrs["error"].startswith("ConfigError: frequency.ratio")
+    assert study.trials[1].params == {"frequency.ratio": 0.25}
+
+
+# ------------------------------------------------------------------------------ prerequisites (issue 12)
+
+def test_prerequisites_of_the_smoke_workspace(in_workspace):
+    from dfa.stages.search_prereqs import missing
+
+    assert missing(load_config("params.yaml", [], smoke=True)) == []
+    # A cache made with other params is missing too; so is a synthetic set made with other params.
+    (stale,) = missing(load_config("params.yaml", ["cache.flip=false"], smoke=True))
+    assert stale.stage == "cache" and "made with other params" in stale.what
+    (data, cache) = missing(load_config("params.yaml", ["data.synthetic.seed=5"], smoke=True))
+    assert data.stage == "prepare" and "data.synthetic.seed: 0 != 5" in data.what
+    assert cache.stage == "cache"  # cannot be checked against data that must be remade
+    # No feature cache is needed when training runs the encoder online.
+    assert missing(load_config("params.yaml", ["cache.enabled=false", "cache.dir=nowhere"], smoke=True)) == []
+    (absent,) = missing(load_config("params.yaml", ["cache.dir=nowhere"], smoke=True))
+    assert absent.stage == "cache" and absent.what.startswith("nowhere: feature cache missing")
+    (clip,) = missing(load_config("params.yaml", ["clip.checkpoint=none.pt", "cache.enabled=false"], smoke=True))
+    assert clip.stage == "pretrain-clip" and "none.pt" in clip.what
+    (user_file,) = missing(load_config("params.yaml", ["clip.model=ViT-B-16", "clip.checkpoint=/no/vit.pt",
+                                                       "cache.enabled=false"], smoke=True))
+    assert user_file.stage is None  # no stage makes a user's CLIP weights
+
+
+def test_search_before_the_cache_stops_in_one_line(smoke_workspace, dfa_cli, tmp_path):
+    db = tmp_path / "optuna.db"
+    cmd = ["search", "--smoke", "--space", str(REPO / "experiments/frequency.yaml"), "--study", "early",
+           "-S", f"search.storage=sqlite:///{db}", "-S", "tracking.enabled=false", "--n-trials", "3"]
+    proc = dfa_cli(smoke_workspace, *cmd, "-S", "cache.dir=cache/not-made", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("dfa search: error: cache/not-made: feature cache missing")
+    assert "`dfa cache`" in line and "--prepare" in line
+    proc = dfa_cli(smoke_workspace, *cmd, "-S", "cache.flip=false", check=False)  # stale: another fingerprint
+    assert proc.returncode == 2 and "made with other params" in proc.stderr.strip()
+    assert not db.exists()  # no study was started, no trial recorded
+
+
+def test_search_prepare_runs_the_missing_stages(tmp_path, dfa_cli):
+    ws = tmp_path / "fresh"
+    ws.mkdir()
+    (ws / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    db = tmp_path / "optuna.db"
+    cmd = ["search", "--smoke", "--space", str(REPO / "experiments/frequency.yaml"), "--study", "fresh",
+           "-S", f"search.storage=sqlite:///{db}", "-S", "tracking.enabled=false", "--n-trials", "1"]
+    proc = dfa_cli(ws, *cmd, check=False)
+    assert proc.returncode == 2 and "data/synthetic-smoke: dataset folder not found" in proc.stderr
+    assert "`dfa prepare`" in proc.stderr and "(2 more missing)" in proc.stderr
+    proc = dfa_cli(ws, *cmd, "--prepare")
+    for stage in ("prepare", "pretrain-clip", "cache"):
+        assert f"search --prepare: dfa {stage} --params params.yaml" in proc.stderr
+    assert (ws / "cache/features-smoke/index.json").exists()
+    study = optuna.load_study(study_name="fresh", storage=f"sqlite:///{db}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]

@@ -19,6 +19,9 @@ Entries of ``reports/bench.json``:
   vs an already running pool.
 * ``pipeline``: wall time and peak RSS of each stage from ``reports/timings/*.json``.
 * ``machine``; ``gpu`` (only on CUDA: encoder images/s, training it/s, bf16 utilisation).
+* ``search_scaling``: smoke-study trials per minute with 1 and 2 search workers on
+  PostgreSQL, and Optuna / MLflow storage overhead per trial on SQLite vs PostgreSQL
+  (``dfa.stages.bench_search``).
 * ``targets``: the acceptance targets of the speed issue and whether this run met them.
 """
 from __future__ import annotations
@@ -525,6 +528,16 @@ def print_table(res: dict) -> None:
                   "")
         if "sinkhorn" in g:
             sinkhorn_rows(g["sinkhorn"], "cuda")
+    if "search_scaling" in res:
+        sc = res["search_scaling"]
+        if "skipped" in sc:
+            t.add_row("search workers", "—", escape(sc["skipped"]), "")
+        else:
+            t.add_row(f"search, 2 workers ({sc['storage']})", f"{sc['trials_per_min_2_workers']} trials/min",
+                      f"1 worker {sc['trials_per_min_1_worker']} trials/min", f"{sc['speedup_2_workers']}×")
+            ov = sc["overhead_ms_per_trial"]
+            t.add_row("storage overhead per trial", f"PostgreSQL {ov['postgresql']} ms", f"SQLite {ov['sqlite']} ms",
+                      "(Optuna + MLflow)")
     console = Console(width=max(Console().width, 130))  # wide enough when piped (make bench | tee)
     console.print(t)
     for key, v in res["targets"].items():
@@ -532,7 +545,7 @@ def print_table(res: dict) -> None:
         console.print(f"target {key} ≥ {v['target']}: {v['measured']} → {mark}")
 
 
-SECTIONS = ("sinkhorn", "train_step", "crf", "gpu")
+SECTIONS = ("sinkhorn", "train_step", "crf", "gpu", "search_scaling")
 
 
 def bench(cfg: Config, args=None) -> int:
@@ -557,6 +570,9 @@ def bench(cfg: Config, args=None) -> int:
             res["train_step"] = bench_train(cfg, smoke)
         if "crf" in sections:
             res["crf"] = bench_crf(cfg, smoke)
+        if "search_scaling" in sections:
+            from dfa.stages.bench_search import bench_search_scaling
+            res["search_scaling"] = bench_search_scaling(cfg, smoke)
         res["pipeline"] = pipeline_timings(cfg.out(TIMINGS))
         if "gpu" in sections:
             if torch.cuda.is_available():

@@ -7,13 +7,20 @@ resolved from the repository root), so re-running the command continues it. Ever
 is a nested MLflow run under one parent run per invocation, and the summary (best trial,
 parameter importances, optimisation history) goes to ``reports/search/<study>/``.
 
+Before the study starts, the data, CLIP checkpoint and feature cache the trials need are
+checked once (``search_prereqs``; ``--prepare`` makes what is missing). ``--workers N``
+runs N worker processes on the study (``search_workers``). The command exits 1 when every
+trial of this invocation failed or a worker failed on the storage; a trial that fails on
+its own (a sampled value the params reject) is recorded FAILED and the study goes on.
+
 The space file format is described in ``experiments/README.md``.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
-import warnings
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +34,12 @@ from rich.table import Table
 from dfa.config import Config, ConfigError, load_config, read_yaml_mapping
 from dfa.data.dataset import load_labels
 from dfa.io import atomic_path, write_json
-from dfa.stages.common import class_spec, console, data_errors, device_of, layout_of, limit, repo_root
-from dfa.tracking import resolve_uri, stage_run
+from dfa.errors import WorkbenchError
+from dfa.stages import search_prereqs
+from dfa.stages.common import class_spec, console, data_errors, device_of, layout_of, limit
+from dfa.stages.search_workers import (POSTGRES_HINT, open_storage, retried_as, run_workers, warm_up,
+                                      worker_tag)
+from dfa.tracking import stage_run
 
 REPORTS = Path("reports/search")
 METRICS = ("seed_miou", "cam_miou", "mask_miou")
@@ -184,7 +195,8 @@ def _slug(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("_") or "study"
 
 
-def make_objective(cfg: Config, args, space: Space, parent_id: str | None, scorer: SeedScorer):
+def make_objective(cfg: Config, args, space: Space, parent_id: str | None, scorer: SeedScorer,
+                   on_start: Callable[[optuna.Trial], None] | None = None):
     from dfa.stages.train import fit, load_trained
 
     slug = _slug(args.study)
@@ -231,6 +243,11 @@ def make_objective(cfg: Config, args, space: Space, parent_id: str | None, score
         return metrics[space.metric]
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker_tag())  # host:pid, to find (or kill) the process of a trial
+        if "CUDA_VISIBLE_DEVICES" in os.environ:  # the device of a worker (search.devices)
+            trial.set_user_attr("cuda_visible_devices", os.environ["CUDA_VISIBLE_DEVICES"])
+        if on_start is not None:
+            on_start(trial)
         try:
             return run_trial(trial)
         except optuna.TrialPruned:
@@ -243,22 +260,21 @@ def make_objective(cfg: Config, args, space: Space, parent_id: str | None, score
     return objective
 
 
-def open_study(cfg: Config, space: Space, name: str) -> optuna.Study:
-    """Create or load the study; a stale RUNNING trial of a killed process is failed by heartbeat."""
-    url = resolve_uri(cfg.search.storage, repo_root())
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # heartbeats are "experimental" since optuna 2.9 and still work
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+def open_study(cfg: Config, space: Space, name: str, worker: int = 0, workers: int = 1) -> optuna.Study:
+    """Create or load the study; a stale RUNNING trial of a killed process is failed by heartbeat
+    and re-queued (``search_workers.open_storage``)."""
+    storage = open_storage(cfg)
     pruner = optuna.pruners.MedianPruner(**{"n_startup_trials": 5, "n_warmup_steps": 0, **space.pruner})
     study = optuna.create_study(study_name=name, storage=storage, direction=space.direction, pruner=pruner,
                                 load_if_exists=True)
     if study.direction.name.lower() != space.direction:
         raise ConfigError(f"study {name!r} exists with direction {study.direction.name.lower()}, "
                           f"but {space.path} asks for {space.direction}")
-    # Seeded by how far the study got, so a continued study does not replay its first samples.
-    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.trials))
+    # Seeded by how far the study got, so a continued study does not replay its first samples, and
+    # by the worker's index, so workers started together do not draw the same values. Parallel
+    # workers let TPE treat running trials as bad ("constant liar") instead of sampling beside them.
+    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.trials) + 10007 * worker,
+                                               constant_liar=workers > 1)
     previous = study.user_attrs.get("space")
     if previous and previous != str(space.path):
         console.print(f"[yellow]study {name!r} was started with space {previous}, now {space.path}[/]")
@@ -285,10 +301,18 @@ def summarize(study: optuna.Study, space: Space, out_dir: Path) -> dict:
         best = study.best_trial
         summary["best"] = {"number": best.number, "value": best.value, "params": best.params}
     summary["importances"], summary["importances_note"] = importances(study, len(complete))
-    summary["failures"] = {t.number: t.user_attrs.get("error", "") for t in trials if t.state == TrialState.FAIL}
+    retries = retried_as(trials)
+    summary["failures"] = {t.number: t.user_attrs.get("error") or _stale_note(t, retries) for t in trials
+                           if t.state == TrialState.FAIL}
     write_json(out_dir / "summary.json", summary)
     plot_history(study, space, out_dir / "history.png")
     return summary
+
+
+def _stale_note(trial, retries: dict[int, int]) -> str:
+    """A FAIL without an error of its own: its process died and the heartbeat check failed it."""
+    again = retries.get(trial.number)
+    return "worker died (failed by heartbeat)" + (f"; re-queued as trial {again}" if again is not None else "")
 
 
 def importances(study: optuna.Study, n_complete: int) -> tuple[dict[str, float] | None, str | None]:
@@ -350,18 +374,59 @@ def trials_table(study: optuna.Study, metric: str) -> Table:
 
 # ------------------------------------------------------------------------------ entry point
 
+def base_config(args, space: Space) -> Config:
+    """What every trial shares: the params, ``-S`` and the space's fixed values (nothing sampled)."""
+    return load_config(args.params, [*args.overrides, *fixed_overrides(space)], smoke=args.smoke)
+
+
+def fixed_overrides(space: Space) -> list[str]:
+    return [_override(k, v) for k, v in space.fixed.items()]
+
+
+def check_prerequisites(args, space: Space) -> None:
+    """Stop before the study starts if the data, CLIP checkpoint or feature cache is missing or
+    stale (``--prepare`` runs the missing stages first)."""
+    problems = search_prereqs.missing(base_config(args, space))
+    if problems and getattr(args, "prepare", False):
+        search_prereqs.run_missing(problems, args, fixed_overrides(space))
+        problems = search_prereqs.missing(base_config(args, space))
+    if problems:
+        first = problems[0]
+        if getattr(args, "prepare", False):
+            how = "still missing after --prepare"
+        elif first.stage:
+            how = f"run `dfa {first.stage}` with the same params, or add --prepare to run the missing stages first"
+        else:
+            how = "fix the params (no dfa stage makes it)"
+        more = f" ({len(problems) - 1} more missing)" if len(problems) > 1 else ""
+        raise WorkbenchError(f"{first.what}; {how}{more}")
+
+
 def search(cfg: Config, args) -> int:
     space = load_space(args.space, cfg)
     if args.n_trials < 0:
         raise ConfigError(f"--n-trials: must be >= 0, got {args.n_trials}")
+    workers = getattr(args, "workers", 1)
+    if workers < 1:
+        raise ConfigError(f"--workers: must be >= 1, got {workers}")
+    check_prerequisites(args, space)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our table says the rest
     study = open_study(cfg, space, args.study)
+    if workers > 1 and cfg.search.storage.startswith("sqlite"):
+        console.print(f"[yellow]search: {workers} workers on SQLite: {POSTGRES_HINT}[/]", soft_wrap=True)
     out_dir = cfg.out(REPORTS) / _slug(args.study)
-    scorer = SeedScorer()
-    tags = {"optuna.study": args.study, "search.space": str(space.path)}
+    tags = {"optuna.study": args.study, "search.space": str(space.path), "search.workers": str(workers)}
     with stage_run(cfg, "search", extra_tags=tags) as parent:
-        objective = make_objective(cfg, args, space, parent.run_id, scorer)
-        study.optimize(objective, n_trials=args.n_trials, catch=(Exception,))
+        if workers == 1:
+            states: dict[int, str] = {}
+            warm_up(cfg)  # as a worker does: one-off imports and store connection outside the first trial
+            objective = make_objective(cfg, args, space, parent.run_id, SeedScorer())
+            study.optimize(objective, n_trials=args.n_trials, catch=(Exception,),
+                           callbacks=[lambda _s, t: states.__setitem__(t.number, t.state.name)])
+            errors: list[str] = []
+        else:
+            outcome = run_workers(cfg, args, study, parent.run_id, workers)
+            states, errors = outcome.states, outcome.errors
         summary = summarize(study, space, out_dir)
         if summary["best"] is not None:
             parent.log_metrics({f"best_{space.metric}": summary["best"]["value"]})
@@ -373,4 +438,18 @@ def search(cfg: Config, args) -> int:
     console.print(f"study {args.study}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed; "
                   + (f"best trial {best['number']} {space.metric} {best['value']:.2f}" if best else "no complete trial")
                   + f" → {out_dir}")
+    return outcome_code(args, states, errors, cfg)
+
+
+def outcome_code(args, states: dict[int, str], errors: list[str], cfg: Config) -> int:
+    """0 unless a worker failed on the storage, or every trial of this invocation failed."""
+    if errors:
+        hint = f"; {POSTGRES_HINT}" if cfg.search.storage.startswith("sqlite") and "locked" in " ".join(errors) else ""
+        print(f"dfa search: error: {errors[0]}{hint}" + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""),
+              file=sys.stderr)
+        return 1
+    if states and all(v == "FAIL" for v in states.values()):
+        print(f"dfa search: error: all {len(states)} trial(s) of this run failed (reasons in the table above and in "
+              f"{REPORTS / _slug(args.study) / 'summary.json'})", file=sys.stderr)
+        return 1
     return 0

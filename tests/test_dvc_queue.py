@@ -1,0 +1,108 @@
+"""DVC's experiment queue (issue 13): two smoke variants queued with ``dvc exp run --queue -S``, run by
+``dvc queue start -j 2`` in DVC's temp dirs, then read back from ``dvc exp show`` and from MLflow.
+
+The test repository is a git + DVC repo made here with this checkout's ``dfa``, ``dvc.yaml`` and
+``params.yaml`` (the ``--smoke`` sizes written into it, default paths: the queue runs plain ``dvc.yaml``).
+Inside a temp dir the stages' relative paths (``data.root``, ``cache.dir``, ``train.dir``) are
+the temp dir's own, while the MLflow store ``sqlite:///mlflow.db`` resolves from ``DVC_ROOT``,
+the repository that queued them, so both experiments land in its one store.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import cli_env
+from dfa.config import SMOKE_OVERRIDES, set_dotted
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {"lr-low": "train.lr=0.0001", "lr-high": "train.lr=0.0004"}
+
+
+def run(repo: Path, *cmd: str, timeout: int = 300) -> str:
+    env = cli_env()
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # `python` in dvc.yaml
+    proc = subprocess.run(list(cmd), cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def dvc(repo: Path, *args: str, timeout: int = 300) -> str:
+    return run(repo, sys.executable, "-m", "dvc", *args, timeout=timeout)
+
+
+@pytest.fixture()
+def dvc_repo(tmp_path) -> Path:
+    repo = tmp_path / "lab"
+    repo.mkdir()
+    shutil.copytree(REPO / "dfa", repo / "dfa", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, repo / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in SMOKE_OVERRIDES.items():  # sizes only: dvc.yaml names the default paths
+        set_dotted(params, key, value)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(repo, "git", "init", "-q")
+    run(repo, "git", "config", "user.email", "test@dfa.local")
+    run(repo, "git", "config", "user.name", "dfa test")
+    dvc(repo, "init", "-q")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "baseline")
+    return repo
+
+
+def test_queued_variants_show_in_dvc_and_mlflow(dvc_repo):
+    for name, override in VARIANTS.items():
+        dvc(dvc_repo, "exp", "run", "--queue", "-n", name, "-S", override)
+    try:
+        dvc(dvc_repo, "queue", "start", "-j", "2")
+        deadline = time.monotonic() + 900
+        while True:
+            status = dvc(dvc_repo, "queue", "status")
+            if not any(word in status for word in ("Queued", "Running")):
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(3)
+    finally:
+        subprocess.run([sys.executable, "-m", "dvc", "queue", "stop", "--kill"], cwd=dvc_repo, env=cli_env(),
+                       capture_output=True, timeout=120)
+    if status.count("Success") != 2:
+        logs = [subprocess.run([sys.executable, "-m", "dvc", "queue", "logs", n], cwd=dvc_repo, env=cli_env(),
+                               capture_output=True, text=True).stdout[-3000:] for n in VARIANTS]
+        pytest.fail(status + "\n".join(logs))
+
+    shown = json.loads(dvc(dvc_repo, "exp", "show", "--json"))
+    exps = {e["name"]: e for base in shown for e in (base.get("experiments") or [])}
+    assert set(VARIANTS) <= set(exps), sorted(exps)
+    lrs = {}
+    for name in VARIANTS:
+        data = exps[name]["revs"][0]["data"]
+        lrs[name] = data["params"]["params.yaml"]["data"]["train"]["lr"]
+        metrics = data["metrics"]
+        assert 0 <= metrics["reports/metrics/eval.json"]["data"]["seg_miou"] <= 100
+        assert "seed_miou" in metrics["reports/metrics/pseudo.json"]["data"]
+    assert lrs == {"lr-low": 0.0001, "lr-high": 0.0004}
+
+    # One MLflow parent run per experiment, in the queuing repository's store (DVC_ROOT), none in temp dirs.
+    from mlflow.tracking import MlflowClient
+    assert not list((dvc_repo / ".dvc/tmp").rglob("mlflow.db"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{dvc_repo / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("dfa").experiment_id
+    for name, override in VARIANTS.items():
+        (parent,) = client.search_runs([exp_id], f"tags.`dfa.pipeline_id` = 'dvc-exp-{name}'")
+        assert parent.data.tags["dvc.exp_name"] == name
+        stages = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        assert sorted(r.data.tags["stage"] for r in stages) == sorted(
+            ["prepare", "pretrain_clip", "cache_features", "train", "pseudo_labels", "evaluate"])
+        (train,) = [r for r in stages if r.data.tags["stage"] == "train"]
+        assert float(train.data.params["train.lr"]) == float(override.split("=")[1])
+        assert all(r.info.status == "FINISHED" and r.data.tags["dvc.exp_name"] == name for r in stages)
+        assert train.info.artifact_uri.startswith((dvc_repo / "mlartifacts").as_uri())
