@@ -4,7 +4,7 @@ PY := .venv/bin/python
 STAMP := .venv/.installed
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup test test-fast repro ablation-table bench ui dashboard clean-smoke postgres postgres-stop mlflow-server
+.PHONY: setup test test-fast repro ablation-table ablation-table-alt bench ui dashboard clean-smoke postgres postgres-stop mlflow-server
 
 # .venv is (re)built when missing or older than pyproject.toml.
 $(STAMP): pyproject.toml
@@ -29,6 +29,21 @@ repro: $(STAMP)
 
 ablation-table: $(STAMP)
 	DFA_PIPELINE_ID=ablation-$$(date +%Y%m%d-%H%M%S) $(PY) -m dfa ablation
+
+# The second embedded benchmark (issue 11): other classes, outlines, marks, co-occurrences and
+# image sizes, another generator seed, its own small CLIP. Everything it writes goes under
+# runs/alt/ (out_root) and checkpoints/*-alt; the table and the CLIP's metrics are copied to reports/alt/.
+ALT := -S out_root=runs/alt -S tracking.experiment=dfa-alt -S data.root=data/synthetic-alt \
+  -S data.synthetic.variant=alt -S data.synthetic.seed=7 -S "data.synthetic.size_range=[80,144]" \
+  -S clip.checkpoint=checkpoints/clip-alt/model.pt -S cache.dir=cache/features-alt -S train.dir=checkpoints/dfa-alt
+
+ablation-table-alt: $(STAMP)
+	for stage in prepare pretrain-clip cache; do $(PY) -m dfa $$stage $(ALT) || exit 1; done
+	DFA_PIPELINE_ID=ablation-alt-$$(date +%Y%m%d-%H%M%S) $(PY) -m dfa ablation $(ALT)
+	mkdir -p reports/alt/figures
+	cp runs/alt/reports/ablation.md runs/alt/reports/ablation.csv runs/alt/reports/metrics/clip.json \
+	  runs/alt/reports/metrics/data.json reports/alt/
+	cp runs/alt/reports/figures/ablation.png reports/alt/figures/
 
 bench: $(STAMP)
 	$(PY) -m dfa bench

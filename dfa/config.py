@@ -287,9 +287,11 @@ class OTConfig:
 class RefineConfig:
     """Background score and PAR (method.md §5). ``bg_power`` is the exponent of the background
     channel; ``bg_grid`` the values ``dfa pseudo`` and the ablation choose it from on the
-    ``tune`` split for every row (§5, §12) when ``calibrate`` is on."""
+    ``tune`` split for every row (§5, §12) when ``calibrate`` is on. Training calibrates its
+    own pseudo-labels the same way when it starts, on ``calibrate_images`` tune images."""
     bg_power: float = 1.0
     calibrate: bool = True
+    calibrate_images: int = 100   # tune images the training labels' power is chosen on at step 0 (0: all)
     bg_grid: list[float] = field(default_factory=lambda: [0.1, 0.15, 0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 3.0, 4.0])
     par_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12, 24])
     par_iters: int = 20
@@ -458,6 +460,10 @@ class Config:
     threads: int = 2
     # torch.use_deterministic_algorithms (warn-only); on CUDA also a fixed cuBLAS workspace.
     deterministic: bool = True
+    # A folder that takes every fixed artifact (reports/, outputs/, mlartifacts/) of a run that
+    # must not touch the default run's: "" = the repository itself. The second embedded
+    # benchmark runs with out_root=runs/alt (make ablation-table-alt); --smoke uses smoke/.
+    out_root: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -493,8 +499,8 @@ class Config:
 
     def out(self, path: str | Path) -> Path:
         """Where this run writes a stage's fixed artifact (``reports/metrics/train.json``,
-        ``outputs/pseudo``, ...): see :func:`out_path`."""
-        return out_path(path, self.smoke)
+        ``outputs/pseudo``, ...): see :func:`out_path`; ``out_root`` moves them all."""
+        return Path(self.out_root) / path if self.out_root else out_path(path, self.smoke)
 
 
 # ---------------------------------------------------------------------------- loading

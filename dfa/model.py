@@ -125,6 +125,9 @@ class DFA(nn.Module):
         self.decoder = Decoder(num_blocks, in_dim, num_classes, d.width, d.layers, d.heads, d.dropout)
         self.par = PAR(tuple(cfg.refine.par_dilations), cfg.refine.par_iters)
         self.register_buffer("alpha", torch.tensor(cfg.loss.alpha_init))
+        # The background power of the training pseudo-labels (chosen on tune when training
+        # starts, dfa.stages.train; ``refine.bg_power`` until then); saved with the weights.
+        self.register_buffer("train_bg_power", torch.tensor(float(cfg.refine.bg_power)))
 
     # ----------------------------------------------------------------- §10 sizes
     def sizes(self, grid: tuple[int, int]) -> dict[str, tuple[int, int]]:

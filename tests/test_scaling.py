@@ -32,7 +32,7 @@ def search_cmd(study: str, storage: str, tracking: str, *extra: str) -> list[str
             "-S", f"tracking.uri={tracking}", *extra]
 
 
-def runs(uri: str, flt: str, experiment: str = "dfa"):
+def runs(uri: str, flt: str, experiment: str = "dfa-smoke"):
     from mlflow.tracking import MlflowClient
     c = MlflowClient(tracking_uri=uri)
     return c.search_runs([c.get_experiment_by_name(experiment).experiment_id], filter_string=flt, max_results=100)
@@ -119,7 +119,7 @@ def test_a_killed_worker_trial_is_retried_and_the_study_completes(smoke_workspac
     (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
     assert retry.state == TrialState.COMPLETE and retry.params == victim.params
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 4  # the run's 4 trials all completed
-    summary = json.loads((smoke_workspace / "reports/search/kill/summary.json").read_text())
+    summary = json.loads((smoke_workspace / "smoke/reports/search/kill/summary.json").read_text())
     assert summary["failures"][str(victim.number)].startswith("worker died")
     from mlflow.tracking import MlflowClient
     killed = MlflowClient(tracking_uri=store).get_run(victim.user_attrs["mlflow_run_id"])

@@ -186,7 +186,7 @@ def test_prerequisites_of_the_smoke_workspace(in_workspace):
 
     assert missing(load_config("params.yaml", [], smoke=True)) == []
     # A cache made with other params is missing too; so is a synthetic set made with other params.
-    (stale,) = missing(load_config("params.yaml", ["cache.flip=false"], smoke=True))
+    (stale,) = missing(load_config("params.yaml", ["cache.flip=true"], smoke=True))
     assert stale.stage == "cache" and "made with other params" in stale.what
     (data, cache) = missing(load_config("params.yaml", ["data.synthetic.seed=5"], smoke=True))
     assert data.stage == "prepare" and "data.synthetic.seed: 0 != 5" in data.what
@@ -211,7 +211,7 @@ def test_search_before_the_cache_stops_in_one_line(smoke_workspace, dfa_cli, tmp
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("dfa search: error: cache/not-made: feature cache missing")
     assert "`dfa cache`" in line and "--prepare" in line
-    proc = dfa_cli(smoke_workspace, *cmd, "-S", "cache.flip=false", check=False)  # stale: another fingerprint
+    proc = dfa_cli(smoke_workspace, *cmd, "-S", "cache.flip=true", check=False)  # stale: another fingerprint
     assert proc.returncode == 2 and "made with other params" in proc.stderr.strip()
     assert not db.exists()  # no study was started, no trial recorded
 
@@ -224,11 +224,11 @@ def test_search_prepare_runs_the_missing_stages(tmp_path, dfa_cli):
     cmd = ["search", "--smoke", "--space", str(REPO / "experiments/frequency.yaml"), "--study", "fresh",
            "-S", f"search.storage=sqlite:///{db}", "-S", "tracking.enabled=false", "--n-trials", "1"]
     proc = dfa_cli(ws, *cmd, check=False)
-    assert proc.returncode == 2 and "data/synthetic-smoke: dataset folder not found" in proc.stderr
+    assert proc.returncode == 2 and "smoke/data/synthetic: dataset folder not found" in proc.stderr
     assert "`dfa prepare`" in proc.stderr and "(2 more missing)" in proc.stderr
     proc = dfa_cli(ws, *cmd, "--prepare")
     for stage in ("prepare", "pretrain-clip", "cache"):
         assert f"search --prepare: dfa {stage} --params params.yaml" in proc.stderr
-    assert (ws / "cache/features-smoke/index.json").exists()
+    assert (ws / "smoke/cache/features/index.json").exists()
     study = optuna.load_study(study_name="fresh", storage=f"sqlite:///{db}")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE]

@@ -97,10 +97,11 @@ def grid_tokens(view_gt: torch.Tensor, grid: tuple[int, int], num_classes: int, 
 
 
 @torch.no_grad()
-def chunk_tokens(cfg: Config, model, ext, chunk: Chunk, seed_fn=None) -> tuple[dict[str, TokenScores], torch.Tensor]:
+def chunk_tokens(cfg: Config, model, ext, chunk: Chunk, seed_fn=None,
+                 prior_kind: str | None = None) -> tuple[dict[str, TokenScores], torch.Tensor]:
     """Token scores of the raw CAM and of the configured row (or ceiling) for a chunk; valid
     columns. ``seed_fn(model, chunk, s_hat, valid) → TokenScores`` replaces the row (the
-    ablation's ``features`` reference row)."""
+    ablation's ``features`` reference row); ``prior_kind`` replaces ``ot.prior``."""
     f = chunk.feats
     s_hat, valid = model.class_scores(f.cos, f.cos_bg, chunk.present, ext.logit_scale)
     out = {"cam": model.token_scores(None, s_hat, valid)}
@@ -111,13 +112,13 @@ def chunk_tokens(cfg: Config, model, ext, chunk: Chunk, seed_fn=None) -> tuple[d
     if ceiling == "grid":
         out["seed"] = grid_tokens(chunk.view_gt, f.grid, model.num_classes, valid)
         return out, valid
-    areas, prior_kind = None, None
+    areas, kind = None, prior_kind or cfg.ot.prior
     if ceiling == "areas":
         areas, prior_kind = gt_areas(chunk.view_gt, model.num_classes), "oracle"
-    elif cfg.ot.prior == "oracle":
+    elif kind == "oracle":
         raise WorkbenchError("ot.prior=oracle uses ground-truth areas: it runs only as the areas ceiling "
                              "(ablation.ceiling=areas), never on a reported split otherwise")
-    elif cfg.ot.prior == "decoder":
+    elif kind == "decoder":
         areas = decoder_areas(model.segment(f.tokens, f.grid), valid)
     aff = model.affinities(f.attn, f.grid)
     out["seed"] = model.token_scores(aff, s_hat, valid, areas, prior_kind)
@@ -145,7 +146,8 @@ def _add(conf: torch.Tensor, preds: list[np.ndarray], gts: list[np.ndarray]) -> 
 # ------------------------------------------------------------------------------ calibration
 
 @torch.no_grad()
-def calibrate(cfg: Config, model, ext, layout, names: list[str], labels: dict, bar=None, seed_fn=None) -> dict:
+def calibrate(cfg: Config, model, ext, layout, names: list[str], labels: dict, bar=None, seed_fn=None,
+              prior_kind: str | None = None) -> dict:
     """Background power per kind chosen on ``names`` (the tune split) from ``refine.bg_grid``.
 
     Returns ``{"cam": p, "seed": p, "table": {kind: {p: mIoU}}}``; ties go to the value
@@ -159,7 +161,7 @@ def calibrate(cfg: Config, model, ext, layout, names: list[str], labels: dict, b
     task = bar.add_task("calibrate background on tune", total=len(names), info="") if bar is not None else None
     for i in range(0, len(names), CHUNK):
         chunk = load_chunk(cfg, ext, layout, names[i:i + CHUNK], labels, ext.device)
-        toks, valid = chunk_tokens(cfg, model, ext, chunk, seed_fn)
+        toks, valid = chunk_tokens(cfg, model, ext, chunk, seed_fn, prior_kind)
         weight = model.par_weights(chunk.image) if cfg.refine.par_iters > 0 else None
         for kind, tok in toks.items():
             bg_up, fg_up = model.pixel_scores(tok, valid, chunk.image.shape[-2:], chunk.feats.grid)

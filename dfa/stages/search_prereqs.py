@@ -55,6 +55,7 @@ def _data(cfg: Config) -> tuple[Missing | None, list[str] | None]:
     try:
         names = layout.read_list(cfg.data.train_split)
         layout.read_list(cfg.data.seed_split)
+        layout.read_list(cfg.data.tune_split)          # trials are scored there (method.md §12)
         if not layout.labels_path().exists():
             raise DataError(f"{layout.labels_path()}: image-level labels not found")
     except DataError as exc:

@@ -207,7 +207,8 @@ def train_step(model: DFA, batch: dict, device: torch.device, logit_scale: float
             areas = decoder_areas(logits.detach(), valid)
         else:
             prior_kind = "cam_area"
-    refined = model.refine(aff, s_hat, valid, image, grid, areas=areas, prior_kind=prior_kind)
+    refined = model.refine(aff, s_hat, valid, image, grid, areas=areas, prior_kind=prior_kind,
+                           bg_power=float(model.train_bg_power))
     gt = None
     if cfg.ablation.ceiling in ("teacher", "labels"):
         gt = token_labels(batch["mask"].to(device), grid, model.num_classes, "majority")
@@ -269,6 +270,11 @@ def fit(cfg: Config, run, callback=None) -> dict:
         stop["signal"] = signum
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    if start == 0 and cfg.refine.calibrate:
+        model.train_bg_power.fill_(training_bg_power(cfg, model, device))
+        torch.manual_seed(cfg.seed)                      # calibration must not shift the training draws
+    console.print(f"training pseudo-labels: background power {float(model.train_bg_power):g}"
+                  + (" (chosen on the tune split)" if cfg.refine.calibrate else ""))
     sizes = resolved_sizes(model, first["grid"])
     run.log_params({f"resolved.{k}": v for k, v in sizes.items()})
     warmup = round(cfg.loss.align_start * cfg.train.steps)
@@ -315,7 +321,31 @@ def fit(cfg: Config, run, callback=None) -> dict:
     save_resume(cfg.train.steps)
     return {"final_step": cfg.train.steps, "state_digest": digest, "curve": curve, "alpha": float(model.alpha),
             "final_loss": float(np.mean([r["loss_total"] for r in curve[-20:]])) if curve else None,
-            "grid": list(first["grid"]), "resolved": sizes}
+            "grid": list(first["grid"]), "resolved": sizes, "train_bg_power": float(model.train_bg_power)}
+
+
+@torch.no_grad()
+def training_bg_power(cfg: Config, model: DFA, device: torch.device) -> float:
+    """The background power of the row's pseudo-labels, chosen on the tune split with the
+    untrained model at step 0 (method.md §5: every row's background rule is calibrated; the
+    decoder prior is not there yet, so ``ot.prior: decoder`` uses CAM areas, as in the warm-up)."""
+    from dfa.data.dataset import load_labels
+    from dfa.stages.common import limit
+    from dfa.stages.pseudo import calibrate
+
+    layout = layout_of(cfg)
+    with data_errors():
+        names = limit(layout.read_list(cfg.data.tune_split), cfg.refine.calibrate_images)
+        labels = load_labels(layout.labels_path())
+    ext = extractor(cfg, class_spec(cfg), device)
+    was = model.training
+    model.eval()
+    try:
+        bg = calibrate(cfg, model, ext, layout, names, labels,
+                       prior_kind="cam_area" if cfg.ot.prior == "decoder" else None)
+    finally:
+        model.train(was)
+    return float(bg["seed"])
 
 
 def resolved_sizes(model: DFA, grid) -> dict[str, str]:
