@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .affinity import sinkhorn_normalize
 from .cam import minmax_tokens
 
-__all__ = ["product_affinity", "product_refine", "PAR", "cams_to_label", "scores_to_label"]
+__all__ = ["product_affinity", "product_refine", "PAR"]
 
 
 def product_affinity(affinities: Sequence[torch.Tensor], rounds: int = 3, square: bool = True) -> torch.Tensor:
@@ -147,39 +147,3 @@ class PAR(nn.Module):
                 out.addcmul_(weight[:, j:j + 1], q)
             masks = out
         return masks
-
-
-def cams_to_label(cam: torch.Tensor, valid: torch.Tensor, bg_power: float = 1.0,
-                  bg: Optional[torch.Tensor] = None, invalid_value: float = 0.0) -> torch.Tensor:
-    """Scores with a background channel. method.md §5.
-
-    Background = ``bg`` if given (the OT background column, params.yaml
-    ``ot.background: column``), else ``(1 − max_{valid c} cam_c)^bg_power`` (``residual``).
-    Invalid (absent) classes are set to ``invalid_value``: 0 (default) keeps the scores
-    finite for PAR and cannot win the argmax, since cam ∈ [0, 1] makes the background
-    ≥ 1 − max valid cam (ties go to the background, index 0); use ``-inf`` for a direct
-    argmax on arbitrary scores.
-
-    Args:
-        cam: (B, C_fg, H, W) in [0, 1].
-        valid: (B, C_fg) bool.
-        bg: optional (B, 1, H, W) or (B, H, W).
-    Returns:
-        (B, 1 + C_fg, H, W); channel 0 is background, channel c+1 is fg class c.
-    """
-    valid4 = valid.bool()[:, :, None, None]
-    if bg is None:
-        if cam.shape[1]:
-            fg_max = cam.masked_fill(~valid4, 0.0).amax(dim=1, keepdim=True)
-        else:
-            fg_max = cam.new_zeros(cam.shape[0], 1, *cam.shape[2:])
-        bg = (1.0 - fg_max).clamp_min(0) ** bg_power
-    elif bg.dim() == 3:
-        bg = bg[:, None]
-    fg = cam.masked_fill(~valid4, invalid_value)
-    return torch.cat([bg.to(cam.dtype), fg], dim=1)
-
-
-def scores_to_label(scores: torch.Tensor) -> torch.Tensor:
-    """Argmax over channels → (B, H, W) long label ids (0 = background, c+1 = fg class c)."""
-    return scores.argmax(dim=1).long()

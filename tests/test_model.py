@@ -130,3 +130,20 @@ def test_decoder_trained_on_ground_truth_beats_one_trained_on_noise(smoke_worksp
             pred = torch.nn.functional.interpolate(logits, size=masks.shape[-2:], mode="bilinear").argmax(1)
         scores[kind] = 100 * miou(confusion_matrix(pred, masks[test_idx], model.num_classes))[0]
     assert scores["truth"] > max(scores["noise"] + 5, 1.5 * scores["noise"]), scores
+
+
+def test_finish_powers_equals_finish_for_each_background_power():
+    """Calibration refines the class channels once and the background once per power (PAR
+    is linear and per channel): the same scores as a full ``finish`` at every power."""
+    model = _model(**{"refine.par_iters": 4, "refine.par_scale": 0.5}).eval()
+    g = torch.Generator().manual_seed(3)
+    image = torch.randn(2, 3, 32, 32, generator=g)
+    bg_up = torch.rand(2, 1, 32, 32, generator=g)
+    fg_up = torch.rand(2, 3, 32, 32, generator=g)
+    valid = torch.tensor([[True, True, False, True], [True, False, True, False]])
+    fg_up = fg_up * valid[:, 1:, None, None]
+    powers = [0.25, 1.0, 3.0]
+    fast = model.finish_powers(image, bg_up, fg_up, valid, powers)
+    for p, scores in zip(powers, fast):
+        torch.testing.assert_close(scores, model.finish(image, bg_up, fg_up, valid, None, p).scores,
+                                   atol=1e-5, rtol=1e-5)

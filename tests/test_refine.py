@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from dfa.affinity import sinkhorn_normalize
-from dfa.refine import PAR, cams_to_label, product_refine, scores_to_label
+from dfa.refine import PAR, product_refine
 
 
 def test_product_refine_matches_manual():
@@ -87,28 +87,6 @@ def test_par_does_not_bleed_across_colour_edge():
 def test_par_resizes_masks():
     out = PAR(iters=2)(torch.rand(1, 3, 16, 16), torch.rand(1, 2, 8, 8))
     assert out.shape == (1, 2, 16, 16)
-
-
-def test_cams_to_label():
-    cam = torch.zeros(1, 3, 2, 2)
-    cam[0, 0, 0, 0] = 0.9                                   # class 0 strong at (0, 0)
-    cam[0, 1, 0, 1] = 0.95                                  # class 1 (invalid) at (0, 1)
-    cam[0, 2, 1, 0] = 0.3                                   # class 2 weak at (1, 0)
-    valid = torch.tensor([[True, False, True]])
-    scores = cams_to_label(cam, valid)
-    assert scores.shape == (1, 4, 2, 2)
-    torch.testing.assert_close(scores[0, 0], torch.tensor([[0.1, 1.0], [0.7, 1.0]]))
-    assert (scores[0, 2] == 0).all()                        # invalid class zeroed
-    label = scores_to_label(scores)
-    assert label.dtype == torch.long
-    assert torch.equal(label[0], torch.tensor([[1, 0], [0, 0]]))
-    sq = cams_to_label(cam, valid, bg_power=2.0)
-    torch.testing.assert_close(sq[0, 0], torch.tensor([[0.01, 1.0], [0.49, 1.0]]))
-    bg = torch.full((1, 2, 2), 0.2)
-    with_bg = cams_to_label(cam, valid, bg=bg)
-    assert torch.equal(scores_to_label(with_bg)[0], torch.tensor([[1, 0], [3, 0]]))
-    neg = cams_to_label(cam, valid, invalid_value=float("-inf"))
-    assert torch.isinf(neg[0, 2]).all()
 
 
 def _model_par(scale: float, iters: int = 3):
