@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -263,13 +262,9 @@ def command_line(args) -> str:
 
 
 def commit_label() -> str:
+    from dfa.repo import git_dirty
     commit = git_commit()
-    try:
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        dirty = ""
-    return commit + (" (with uncommitted changes)" if dirty and commit != "unknown" else "")
+    return commit + (" (with uncommitted changes)" if commit != "unknown" and git_dirty() else "")
 
 
 def _cell(mean: float, std: float) -> str:
