@@ -250,8 +250,11 @@ def fit(cfg: Config, run, callback=None) -> dict:
             console.print(f"{resume_path}: made with other params; starting afresh")
 
     def keep_last_good(step: int) -> str:
-        """Save the current state if its weights are finite, else keep the last checkpoint."""
-        if all(torch.isfinite(p).all() for p in model.parameters()):
+        """Save the current state if it is finite, else keep the last checkpoint.
+
+        Buffers count too: the failing forward has already updated the running α.
+        """
+        if all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
             save_resume(step)
             return f"last good state saved to {resume_path} (step {step})"
         if resume_path.exists():
