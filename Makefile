@@ -27,8 +27,11 @@ repro: $(STAMP)
 	test -d .dvc || .venv/bin/dvc init -q
 	PATH=$(CURDIR)/.venv/bin:$$PATH DFA_PIPELINE_ID=repro-$$(date +%Y%m%d-%H%M%S) dvc repro
 
+# ABLATION_ARGS passes a subset, e.g. make ablation-table ABLATION_ARGS="--rows 0,4 --seeds 0"
+ABLATION_ARGS ?=
+
 ablation-table: $(STAMP)
-	DFA_PIPELINE_ID=ablation-$$(date +%Y%m%d-%H%M%S) $(PY) -m dfa ablation
+	DFA_PIPELINE_ID=ablation-$$(date +%Y%m%d-%H%M%S) $(PY) -m dfa ablation $(ABLATION_ARGS)
 
 # The second embedded benchmark (issue 11): other classes, outlines, marks, co-occurrences and
 # image sizes, another generator seed, its own small CLIP. Everything it writes goes under
@@ -39,7 +42,7 @@ ALT := -S out_root=runs/alt -S tracking.experiment=dfa-alt -S data.root=data/syn
 
 ablation-table-alt: $(STAMP)
 	for stage in prepare pretrain-clip cache; do $(PY) -m dfa $$stage $(ALT) || exit 1; done
-	DFA_PIPELINE_ID=ablation-alt-$$(date +%Y%m%d-%H%M%S) $(PY) -m dfa ablation $(ALT)
+	DFA_PIPELINE_ID=ablation-alt-$$(date +%Y%m%d-%H%M%S) $(PY) -m dfa ablation $(ALT) $(ABLATION_ARGS)
 	mkdir -p reports/alt/figures
 	cp runs/alt/reports/ablation.md runs/alt/reports/ablation.csv runs/alt/reports/metrics/clip.json \
 	  runs/alt/reports/metrics/data.json reports/alt/

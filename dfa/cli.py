@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="report name: reports/NAME.{md,csv}, reports/figures/NAME.png (default ablation)")
             p.add_argument("--no-references", action="store_true",
                            help="leave out the raw-CAM and features reference rows")
+            p.add_argument("--decoder-rows", default="4",
+                           help="rows whose trained cells also score their decoder on the eval split "
+                                "(multi-scale + flip; ~100 s a cell on 2 cores): comma-separated rows, "
+                                "'all' or '' (default 4)")
         if name == "bench":
             p.add_argument("--only", default=None,
                            help="comma-separated sections (sinkhorn,train_step,crf,gpu,search_scaling; default all)")

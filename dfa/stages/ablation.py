@@ -12,7 +12,8 @@ raw CAM, rows 0-1, ``features``, ``grid``) are scored once, since the seed only 
 decoder/head initialisation and the batch order (§12); ``areas`` re-scores row 4's
 checkpoints. Every cell calibrates its background power on ``data.tune_split`` and is
 reported on ``data.seed_split`` (seed and DenseCRF mask mIoU, the three error shares);
-trained cells also report the decoder on ``data.eval_split`` (multi-scale + flip, no CRF).
+the trained cells of the rows in ``--decoder-rows`` (default 4) also report their decoder
+on ``data.eval_split`` (multi-scale + flip, no CRF).
 A cell's result is kept beside its checkpoint with a fingerprint, so an interrupted or
 repeated table resumes and re-scores only what changed. One parent MLflow run carries the
 means and stds; each (entry, seed) is a child run.
@@ -182,8 +183,9 @@ def run_cell(args, entry: Entry, seed: int, ctx: Context, parent_id: str | None,
         if entry.trains:
             fit(cfg, run)
         needs_model = entry.per_seed
+        want_seg = entry.trains and wants_decoder(args, entry)
         fp = fingerprint({"cfg": cfg.flat(), "model": file_digest(model_file) if needs_model else "",
-                          "entry": entry.key})
+                          "entry": entry.key, **({"seg": want_seg} if entry.trains else {})})
         if cell_path.exists():
             cached = json.loads(cell_path.read_text())
             if cached.get("fingerprint") == fp:
@@ -202,7 +204,7 @@ def run_cell(args, entry: Entry, seed: int, ctx: Context, parent_id: str | None,
             bg = calibrate(cfg, model, ctx.ext, ctx.layout, ctx.tune, ctx.labels, bar, seed_fn=fn)
             m, _, _ = score_seeds(cfg, model, ctx.ext, ctx.layout, ctx.train, ctx.labels, bar=bar, bg=bg, seed_fn=fn,
                                   crf=False if kind == "cam" else None)
-            seg = decoder_miou(cfg, model, ctx.ext, ctx.layout, ctx.val, bar) if entry.trains else float("nan")
+            seg = decoder_miou(cfg, model, ctx.ext, ctx.layout, ctx.val, bar) if want_seg else float("nan")
         if kind == "cam":   # the raw CAM row reports the raw CAM as its seed (its mask: CRF on it is not run)
             m = {**m, "seed_miou": m["cam_miou"], **{f"seed_{s}": m[f"cam_{s}"] for s in SHARES},
                  "bg_power_seed": m["bg_power_cam"], "mask_miou": float("nan")}
@@ -212,6 +214,15 @@ def run_cell(args, entry: Entry, seed: int, ctx: Context, parent_id: str | None,
         run.log_metrics({k: v for k, v in metrics.items() if _finite(v)})
         write_json(cell_path, {"fingerprint": fp, "metrics": metrics})
     return metrics
+
+
+def wants_decoder(args, entry: Entry) -> bool:
+    """``--decoder-rows``: whether this trained cell also scores its decoder on the eval split.
+    Rows, not ceilings, by the row's number; 'all' means every trained cell."""
+    text = str(getattr(args, "decoder_rows", "4") or "").strip()
+    if text == "all":
+        return True
+    return entry.ceiling == "none" and entry.row in {v.strip() for v in text.split(",") if v.strip()}
 
 
 def _finite(v) -> bool:
@@ -294,7 +305,7 @@ def markdown(df, cfg: Config, args, seeds: list[int], wall_s: float, fig: Path =
             f"{' (smoke sizes)' if cfg.smoke else ''}\n"
             f"- background power of every row chosen on `{cfg.data.tune_split}` from {cfg.refine.bg_grid}; seeds, "
             f"masks and error shares reported on `{cfg.data.seed_split}`; the decoder on `{cfg.data.eval_split}` "
-            f"(multi-scale + flip, no CRF), for trained rows only\n\n"
+            f"(multi-scale + flip, no CRF), for the trained rows of `--decoder-rows` only\n\n"
             + "\n".join(lines) + "\n\n"
             "Ceiling rows feed one module ground truth (method.md §11) and are labelled as such; the error shares are "
             "of the seed (missed fg and wrong class: % of foreground pixels; bg spill: % of background pixels). A "
