@@ -295,7 +295,7 @@ def markdown(df, cfg: Config, args, seeds: list[int], wall_s: float, fig: Path =
         paper = "" if not _finite(r.paper_seed_miou) else f"{r.paper_seed_miou:.1f}"
         lines.append(f"| {r.label} | {r.affinity} | {r.combination} | {_cell(r.seed_miou_mean, r.seed_miou_std)} | "
                      f"{_cell(r.mask_miou_mean, r.mask_miou_std)} | {_cell(r.seg_miou_mean, r.seg_miou_std)} | "
-                     f"{r.missed_fg:.1f} | {r.wrong_class:.1f} | {r.spill_bg:.1f} | {r.bg_power:g} | {paper} |")
+                     f"{r.missed_fg:.1f} | {r.wrong_class:.1f} | {r.spill_bg:.1f} | {r.bg_power:.3g} | {paper} |")
     return (f"# Ablation (method.md §7, §11, §12) on {cfg.data.name}\n\n"
             f"- command: `{command_line(args)}`\n"
             f"- date: {when}; wall time {wall_s / 60:.1f} min\n"
