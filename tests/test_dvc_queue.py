@@ -27,10 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"lr-low": "train.lr=0.0001", "lr-high": "train.lr=0.0004"}
 
 
-def run(repo: Path, *cmd: str, timeout: int = 300) -> str:
+def dvc_env() -> dict:
     env = cli_env()
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # `python` in dvc.yaml
-    proc = subprocess.run(list(cmd), cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    return env
+
+
+def run(repo: Path, *cmd: str, timeout: int = 300) -> str:
+    proc = subprocess.run(list(cmd), cwd=repo, env=dvc_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
@@ -62,12 +66,10 @@ def dvc_repo(tmp_path) -> Path:
 def test_queued_variants_show_in_dvc_and_mlflow(dvc_repo):
     for name, override in VARIANTS.items():
         dvc(dvc_repo, "exp", "run", "--queue", "-n", name, "-S", override)
-    env = cli_env()
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     # Not waited on: `dvc queue start -j 2` once hung for 300 s after spawning its first worker (2026-11-30,
     # dvc 3, an otherwise idle machine) while that worker went on with the queue; the status poll below is
     # what the test waits on, and the starter is stopped in `finally` if it is still there.
-    starter = subprocess.Popen([sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], cwd=dvc_repo, env=env,
+    starter = subprocess.Popen([sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], cwd=dvc_repo, env=dvc_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 900

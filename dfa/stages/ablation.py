@@ -222,7 +222,8 @@ def wants_decoder(args, entry: Entry) -> bool:
     text = str(getattr(args, "decoder_rows", "4") or "").strip()
     if text == "all":
         return True
-    return entry.ceiling == "none" and entry.row in {v.strip() for v in text.split(",") if v.strip()}
+    rows = parse_list(text, "decoder-rows", [str(r) for r in sorted(AblationConfig.ROWS)], str)
+    return entry.ceiling == "none" and entry.row in rows
 
 
 def _finite(v) -> bool:
@@ -353,6 +354,7 @@ def ablation(cfg: Config, args) -> int:
     if "areas" in ceilings and 4 not in rows:
         console.print("[yellow]the areas ceiling re-scores row 4's models: they must exist already[/]")
     plan = entries(rows, ceilings, references=not getattr(args, "no_references", False))
+    wants_decoder(args, Entry("4"))                     # a bad --decoder-rows fails before the first cell
     ctx = Context(cfg)
     results = []
     with stage_run(cfg, "ablation", extra_tags={"ablation.rows": ",".join(map(str, rows)),
