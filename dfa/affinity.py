@@ -9,7 +9,8 @@ params.yaml options: ``affinity.inverse`` (``spatial`` | ``operator``), ``affini
 (renormalise attention rows after dropping CLS), ``affinity.head_init`` (``mean`` |
 ``attention`` | ``random``), ``affinity.square`` (square the symmetrised affinity before
 propagation, default on), ``frequency.ratio`` / ``frequency.box_rule`` / ``frequency.box``
-(the low-frequency box of the ``spatial`` inverse, §3, §10).
+(the low-frequency box of the ``spatial`` inverse, §3, §10), ``affinity.head``
+(``pointwise`` as §2 | ``bilinear``: one more input channel, a learned token relation).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ __all__ = [
     "inverse_attention",
     "spectral_inverse_literal",
     "AffinityHead",
+    "TokenRelation",
     "sinkhorn_normalize",
     "symmetrize",
     "square",
@@ -126,7 +128,7 @@ class AffinityHead(nn.Module):
         self.fc2 = nn.Conv2d(hidden, 1, kernel_size=1)
 
     @torch.no_grad()
-    def init_mean(self, scale: float = 1.0, bias: float = -4.0) -> "AffinityHead":
+    def init_mean(self, scale: float = 1.0, bias: float = -4.0, channels: Optional[int] = None) -> "AffinityHead":
         """Start as ``sigmoid(scale · mean_k x_k + bias)``, a monotone map of the layer mean
         of the input (params.yaml ``affinity.head_init: mean``; ``attention`` is the same for
         the A_s head only, v1).
@@ -136,15 +138,24 @@ class AffinityHead(nn.Module):
         Fed with log-attention (scale 1, bias −4: sigmoid ≈ exp), the A_s head reproduces
         the geometric layer mean of the attention, not a near-constant map.
         """
-        k = self.in_layers
+        k = self.in_layers if channels is None else channels   # the mean is over the first ``channels``
         self.fc1.weight.mul_(0.1)
-        self.fc1.weight[0].fill_(scale / k)
-        self.fc1.weight[1].fill_(-scale / k)
+        self.fc1.weight[0].fill_(0.0)
+        self.fc1.weight[1].fill_(0.0)
+        self.fc1.weight[0, :k].fill_(scale / k)
+        self.fc1.weight[1, :k].fill_(-scale / k)
         self.fc1.bias[:2] = 0.0
         self.fc2.weight.zero_()
         self.fc2.weight[0, 0] = 1.0
         self.fc2.weight[0, 1] = -1.0
         self.fc2.bias.fill_(bias)
+        return self
+
+    @torch.no_grad()
+    def silence_channels(self, channels: slice) -> "AffinityHead":
+        """Zero the first layer's weights from ``channels``: the head starts blind to them (the
+        ``bilinear`` token channel starts silent, so the untrained head is the spec's)."""
+        self.fc1.weight[:, channels] = 0.0
         return self
 
     def init_as_attention(self, bias: float = -4.0) -> "AffinityHead":
@@ -161,6 +172,32 @@ class AffinityHead(nn.Module):
         x = self.act(F.linear(x, self.fc1.weight.flatten(1), self.fc1.bias))
         x = F.linear(x, self.fc2.weight.flatten(1), self.fc2.bias)        # (B, N, N, 1)
         return torch.sigmoid(x).squeeze(-1)
+
+
+class TokenRelation(nn.Module):
+    """A learned relation between tokens: cosine of a low-rank projection. ``affinity.head: bilinear``.
+
+    Not in the paper. method.md §2's head is per entry: A_ij is a function of the K attention
+    values at (i, j), so a better teacher (§11 ``teacher``) or better labels (``labels``) can
+    reweight the layers but not add a relation the attention lacks (measured: those ceilings sit
+    +1.0/+1.8 over row 0). This channel, ``cos(P x_i, P x_j)`` on the frozen last-block tokens
+    x (P: D → rank), is what the head may learn new relations through; it is stacked after the
+    K attention maps and starts silent (:meth:`AffinityHead.silence_channels`).
+
+    Args:
+        dim: D, the token width.
+        rank: the projection's width.
+    Shape:
+        forward (B, N, D) → (B, 1, N, N), entries in [−1, 1].
+    """
+
+    def __init__(self, dim: int, rank: int = 64):
+        super().__init__()
+        self.proj = nn.Linear(dim, rank, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(self.proj(tokens.float()), dim=-1)
+        return (z @ z.transpose(-1, -2))[:, None]
 
 
 def symmetrize(a: torch.Tensor) -> torch.Tensor:

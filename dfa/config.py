@@ -171,6 +171,11 @@ class AffinityConfig:
     # row 1 uses a meaningful untrained high-pass affinity. ``attention`` (v1): A_s only.
     # ``random``: PyTorch's default (an untrained head is then a near-constant map).
     head_init: str = "mean"
+    # ``pointwise`` (§2): the heads see the K attention maps entry by entry. ``bilinear`` (not in the
+    # paper): one more channel, cos(P x_i, P x_j) of the last block's frozen tokens (P: D → ``rank``),
+    # starting silent, so a head can learn a relation the attention lacks (dfa.affinity.TokenRelation).
+    head: str = "pointwise"
+    rank: int = 64
     renorm_rows: bool = True  # §1 v2: attention rows sum to 1 again after dropping CLS (v1: false)
     sinkhorn_rounds: int = 3
     square: bool = True
@@ -178,6 +183,8 @@ class AffinityConfig:
     def check(self) -> None:
         _choice("affinity.inverse", self.inverse, ("operator", "spatial"))
         _choice("affinity.head_init", self.head_init, ("mean", "attention", "random"))
+        _choice("affinity.head", self.head, ("pointwise", "bilinear"))
+        _positive("affinity.rank", self.rank)
         _positive("affinity.hidden", self.hidden)
         _positive("affinity.sinkhorn_rounds", self.sinkhorn_rounds)
 
@@ -209,8 +216,8 @@ class LossConfig:
     """LFAA / HFAR losses and weights (method.md §3, §4, §6, §10).
 
     ``radius``/``window``: ``auto`` (§10: round(0.4·n), the odd number nearest 0.45·n) or tokens.
-    ``align_mask``: alpha (v2) | alpha_v1 | topk; ``align_form``: renormalized (v2) | printed
-    (v1) | generalized; ``token_labels``: majority (v2) | nearest (v1).
+    ``align_mask``: alpha (v2) | alpha_v1 | topk; ``align_form``: renormalized (v2) | row (the
+    student normalised over its whole row) | printed (v1) | generalized; ``token_labels``: majority (v2) | nearest (v1).
     """
     lambda_align: float = 0.1
     lambda_rect: float = 0.2
@@ -234,7 +241,7 @@ class LossConfig:
         _range("loss.alpha_init", self.alpha_init, 0.0, 1.0)
         _choice("loss.align_mask", self.align_mask, ("alpha", "alpha_v1", "topk"))
         _range("loss.align_keep", self.align_keep, 0.0, 1.0)
-        _choice("loss.align_form", self.align_form, ("renormalized", "printed", "generalized"))
+        _choice("loss.align_form", self.align_form, ("renormalized", "row", "printed", "generalized"))
         _range("loss.align_start", self.align_start, 0.0, 1.0)
         _auto_or_positive("loss.radius", self.radius)
         _auto_or_positive("loss.window", self.window)
@@ -327,6 +334,9 @@ class TrainConfig:
     batch_size: int = 4
     lr: float = 2e-4
     decoder_lr_mult: float = 10.0
+    # The affinity heads' lr is lr × head_lr_mult (§6: 1, over 30k steps). Not in the paper: on a
+    # schedule of a few hundred steps the heads otherwise end within a few hundredths of their init.
+    head_lr_mult: float = 1.0
     weight_decay: float = 0.01
     warmup: int = 50
     power: float = 1.0
@@ -339,6 +349,7 @@ class TrainConfig:
         _positive("train.steps", self.steps)
         _positive("train.batch_size", self.batch_size)
         _positive("train.lr", self.lr)
+        _positive("train.head_lr_mult", self.head_lr_mult)
         _nonneg("train.weight_decay", self.weight_decay)
         _nonneg("train.warmup", self.warmup)
         _positive("train.checkpoint_interval", self.checkpoint_interval)

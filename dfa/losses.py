@@ -3,7 +3,7 @@
 All references are to method.md. params.yaml options named in the docstrings:
 ``loss.align_mask`` (``alpha`` | ``alpha_v1`` | ``topk``), ``loss.align_keep`` (0.25),
 ``loss.alpha_init`` (0.5), ``loss.alpha_momentum`` (0.9), ``loss.align_form``
-(``renormalized`` | ``printed`` | ``generalized``), ``loss.radius`` / ``loss.window``
+(``renormalized`` | ``row`` | ``printed`` | ``generalized``), ``loss.radius`` / ``loss.window``
 (``auto`` = the §10 rule on the grid, or tokens), ``loss.hist_cos`` (0.5),
 ``loss.token_labels`` (``majority`` | ``nearest``), ``loss.label_margin`` (0.1).
 """
@@ -140,7 +140,15 @@ def alignment_loss(s_l: torch.Tensor, a_s: torch.Tensor, mask: torch.Tensor, eps
       restricted to the masked entries and renormalised over them, then
       ``KL(S̃_l,i ‖ Ã_s,i)``; the loss is the mean over those rows of the batch. It is ≥ 0
       and 0 exactly when Ã_s equals the teacher on the mask (up to a per-row scale).
-      The mean (not the sum) over rows keeps λ₁'s meaning on any grid.
+      The mean (not the sum) over rows keeps λ₁'s meaning on any grid. Only the masked
+      entries of A_s enter: nothing pushes A_s down off the mask, and with a sharp teacher the
+      mask holds only the teacher's positives (a binary teacher, the §11 ``teacher`` ceiling:
+      exactly its same-class pairs), so the loss can only flatten A_s among them.
+    * ``row`` (not in the spec): the teacher as in ``renormalized``, the student normalised over
+      its whole row off the diagonal: ``KL(S̃_l,i ‖ A_s,i / Σ_{j≠i} A_s,ij)``, mean over rows with
+      a non-empty mask. Still ≥ 0 (a KL between two distributions on the row), and its minimiser
+      is the teacher on the mask and 0 off it, so it also pulls A_s down where the teacher
+      does not point.
     * ``printed`` (v1): ``Σ M·S̃_l·log(S̃_l/Ã_s) / max(ΣM, 1)`` with S̃_l, Ã_s row-normalised over
       all entries. Its masked terms can be negative and its minimiser within a row is flat.
     * ``generalized``: the printed terms plus ``− S̃_l + Ã_s`` (Bregman divergence of x log x),
@@ -155,9 +163,12 @@ def alignment_loss(s_l: torch.Tensor, a_s: torch.Tensor, mask: torch.Tensor, eps
     """
     s = s_l.detach().to(a_s.dtype)
     m = mask.to(a_s.dtype)
-    if form == "renormalized":
+    if form in ("renormalized", "row"):
         s_m = s * m
-        a_m = a_s * m
+        if form == "row":
+            a_m = a_s * (1.0 - torch.eye(a_s.shape[-1], dtype=a_s.dtype, device=a_s.device))
+        else:
+            a_m = a_s * m
         s_t = s_m / s_m.sum(dim=-1, keepdim=True).clamp_min(eps)
         a_t = a_m / a_m.sum(dim=-1, keepdim=True).clamp_min(eps)
         term = m * s_t * (s_t.clamp_min(eps).log() - a_t.clamp_min(eps).log())
@@ -169,7 +180,8 @@ def alignment_loss(s_l: torch.Tensor, a_s: torch.Tensor, mask: torch.Tensor, eps
     if form == "generalized":
         term = term - s_t + a_t
     elif form != "printed":
-        raise ValueError(f"alignment_loss form must be 'renormalized', 'printed' or 'generalized', got {form!r}")
+        raise ValueError(f"alignment_loss form must be 'renormalized', 'row', 'printed' or 'generalized', "
+                         f"got {form!r}")
     return (m * term).sum() / m.sum().clamp_min(1.0)
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfa.affinity import AffinityHead, inverse_attention, renormalize_rows, sinkhorn_normalize, square, symmetrize
+from dfa.affinity import AffinityHead, TokenRelation, inverse_attention, renormalize_rows, sinkhorn_normalize, square, symmetrize
 from dfa.cam import class_scores, minmax_tokens
 from dfa.config import Config, bf16_autocast
 from dfa.frequency import box_width, relation, split_frequencies
@@ -115,12 +115,20 @@ class DFA(nn.Module):
         self.cfg = cfg
         self.num_classes = num_classes
         k = cfg.clip.last_k
-        self.head_s = AffinityHead(k, cfg.affinity.hidden)
-        self.head_inv = AffinityHead(k, cfg.affinity.hidden)
+        extra = 1 if cfg.affinity.head == "bilinear" else 0   # the token-relation channel, after the K maps
+        self.head_s = AffinityHead(k + extra, cfg.affinity.hidden)
+        self.head_inv = AffinityHead(k + extra, cfg.affinity.hidden)
+        self.rel_s = self.rel_inv = None
+        if extra:
+            self.rel_s = TokenRelation(in_dim, cfg.affinity.rank)
+            self.rel_inv = TokenRelation(in_dim, cfg.affinity.rank)
         if cfg.affinity.head_init in ("mean", "attention"):
-            self.head_s.init_mean(1.0, -4.0)         # log-attention in: geometric layer mean
+            self.head_s.init_mean(1.0, -4.0, channels=k)      # log-attention in: geometric layer mean
         if cfg.affinity.head_init == "mean":
-            self.head_inv.init_mean(1.0, 0.0)        # N·(high-passed attention) in: sigmoid of its layer mean
+            self.head_inv.init_mean(1.0, 0.0, channels=k)     # N·(high-passed attention) in: sigmoid of its layer mean
+        if extra:  # the token channel starts silent: the untrained heads are the spec's
+            self.head_s.silence_channels(slice(k, None))
+            self.head_inv.silence_channels(slice(k, None))
         d = cfg.decoder
         self.decoder = Decoder(num_blocks, in_dim, num_classes, d.width, d.layers, d.heads, d.dropout)
         self.par = PAR(tuple(cfg.refine.par_dilations), cfg.refine.par_iters)
@@ -144,8 +152,11 @@ class DFA(nn.Module):
         return {"ratio": fc.ratio, "rule": fc.box_rule, "width": None if fc.box == "auto" else int(fc.box)}
 
     # ----------------------------------------------------------------- §2 affinities
-    def affinities(self, attn: torch.Tensor, grid: tuple[int, int], trained: bool = True) -> Affinities:
-        """attn (B, K, N, N) head-mean attention of the last K blocks, CLS dropped.
+    def affinities(self, attn: torch.Tensor, grid: tuple[int, int], trained: bool = True,
+                   tokens: torch.Tensor | None = None) -> Affinities:
+        """attn (B, K, N, N) head-mean attention of the last K blocks, CLS dropped; ``tokens``
+        (B, L, N, D) the frozen blocks' patch tokens (needed by ``affinity.head: bilinear``,
+        whose heads also see a learned relation of the last block's tokens).
 
         Rows are renormalised to sum 1 first (``affinity.renorm_rows``, §1 v2). The heads see
         attention rescaled so its mean entry is 1 at any N: the A_s head log(N·W) with
@@ -158,15 +169,20 @@ class DFA(nn.Module):
         attn = attn.float()
         if a.renorm_rows:
             attn = renormalize_rows(attn)
+        if a.head == "bilinear" and tokens is None:
+            raise ValueError("affinity.head=bilinear needs the patch tokens: affinities(attn, grid, tokens=...)")
+
+        def with_relation(x: torch.Tensor, rel) -> torch.Tensor:
+            return x if rel is None else torch.cat([x, rel(tokens[:, -1])], dim=1)
         if trained and ab.learned_s:
             x = torch.log((attn * n).clamp_min(1e-4)) if a.head_init in ("mean", "attention") else attn * n
-            s_raw = symmetrize(self.head_s(x))
+            s_raw = symmetrize(self.head_s(with_relation(x, self.rel_s)))
         else:
             s_raw = attn.mean(1)
         inv_raw = inv = None
         if ab.use_inverse:
             w_inv = inverse_attention(attn, mode=a.inverse, grid=grid, **self._box(grid))
-            inv_raw = symmetrize(self.head_inv(w_inv * n))
+            inv_raw = symmetrize(self.head_inv(with_relation(w_inv * n, self.rel_inv)))
             inv = sinkhorn_normalize(inv_raw, a.sinkhorn_rounds)
         return Affinities(s_raw, sinkhorn_normalize(s_raw, a.sinkhorn_rounds), inv_raw, inv)
 
@@ -362,8 +378,10 @@ class DFA(nn.Module):
 
     def trainable_groups(self) -> list[dict]:
         c = self.cfg.train
-        heads = list(self.head_s.parameters()) + list(self.head_inv.parameters())
-        return [{"params": heads, "lr": c.lr}, {"params": self.decoder.parameters(), "lr": c.lr * c.decoder_lr_mult}]
+        heads = [p for m in (self.head_s, self.head_inv, self.rel_s, self.rel_inv) if m is not None
+                 for p in m.parameters()]
+        return [{"params": heads, "lr": c.lr * c.head_lr_mult},
+                {"params": self.decoder.parameters(), "lr": c.lr * c.decoder_lr_mult}]
 
 
 __all__ = ["DFA", "Decoder", "Affinities", "TokenScores", "Refined", "decoder_areas", "gt_areas", "same_class",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dfa.stages.ablation import Entry, entries, parse_list
+from dfa.stages.ablation import Entry, entries, parse_list, parse_rows
 
 SECTION_12 = {"row", "ceiling", "paper_seed_miou", "dataset", "seeds", "seed_miou_mean", "seed_miou_std",
               "mask_miou_mean", "mask_miou_std", "seg_miou_mean", "seg_miou_std", "missed_fg", "wrong_class",
@@ -30,6 +30,8 @@ def test_plan_shares_untrained_rows_and_labels_ceilings():
     assert (Entry("2", "teacher").config_row, Entry("3", "labels").config_row) == (2, 3)
     with pytest.raises(Exception, match="--ceilings"):
         parse_list("teacher,oracle", "ceilings", ["teacher", "labels", "areas", "grid"], str)
+    assert parse_rows("") == [] and parse_rows("4,2,4") == [4, 2]          # '' runs only the ceilings asked for
+    assert [e.key for e in entries(parse_rows(""), ["teacher"], references=False)] == ["teacher-ceiling"]
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +102,6 @@ def test_bad_rows_is_a_one_line_error(smoke_workspace, dfa_cli):
     proc = dfa_cli(smoke_workspace, "ablation", "--smoke", "--rows", "0,9", "-S", "tracking.enabled=false",
                    check=False)
     assert proc.returncode == 2 and "--rows" in proc.stderr and "Traceback" not in proc.stderr
+    proc = dfa_cli(smoke_workspace, "ablation", "--smoke", "--rows", "", "--ceilings", "", "--no-references",
+                   "-S", "tracking.enabled=false", check=False)
+    assert proc.returncode == 2 and "nothing to run" in proc.stderr and "Traceback" not in proc.stderr

@@ -102,6 +102,32 @@ def test_renormalized_kl_minimiser_is_the_teacher_on_the_mask():
                                atol=2e-3, rtol=0)
 
 
+def test_row_form_is_nonnegative_and_its_minimiser_is_the_teacher_with_zero_off_the_mask():
+    """``loss.align_form: row``: a KL on the whole row (off the diagonal), so unlike ``renormalized``
+    it pulls the student down off the mask; with a binary teacher (§11) ``renormalized`` cannot."""
+    g = torch.Generator().manual_seed(3)
+    s_l = torch.rand(2, 9, 9, generator=g)
+    mask = selective_mask(s_l, 0.5, "alpha")
+    for _ in range(5):
+        assert alignment_loss(s_l, torch.rand(2, 9, 9, generator=g) + 1e-3, mask, form="row") >= 0
+    eye = torch.eye(9, dtype=torch.bool)
+    at_teacher = torch.where(mask, s_l, torch.zeros(())) + eye * 5.0          # the diagonal does not count
+    assert alignment_loss(s_l, 3 * at_teacher + 1e-12, mask, form="row").abs() < 1e-5
+    spilled = torch.where(mask | eye, at_teacher, torch.full((), 0.2))
+    assert alignment_loss(s_l, spilled, mask, form="row") > 0.05
+    assert alignment_loss(s_l, spilled, mask).abs() < 1e-5                     # renormalized: blind to it
+    # binary teacher: the renormalized gradient off the mask is 0, the row form's is > 0 (raising it costs)
+    same = (torch.arange(9)[:, None] // 3 == torch.arange(9)[None] // 3).float()[None]
+    m = selective_mask(same, 0.5, "alpha")
+    a = torch.full((1, 9, 9), 0.5, requires_grad=True)
+    off = ~(m | eye)
+    for form, positive in (("renormalized", False), ("row", True)):
+        a.grad = None
+        alignment_loss(same, a, m, form=form).backward()
+        assert bool((a.grad[off] > 1e-4).all()) == positive
+        assert float(a.grad[off].abs().max()) == 0.0 or positive
+
+
 def test_alignment_gradient_only_to_student():
     s_l = torch.rand(2, 8, 8, requires_grad=True)
     a_s = torch.rand(2, 8, 8, requires_grad=True)

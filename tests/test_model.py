@@ -61,6 +61,48 @@ def test_each_loss_reaches_only_its_own_parameters():
     assert g_seg["decoder"] > 0 and g_seg["head_s"] == 0 and g_seg["head_inv"] == 0
 
 
+def test_bilinear_head_starts_as_the_pointwise_head_and_learns_through_the_token_relation():
+    """``affinity.head: bilinear``: the token channel starts silent (the untrained affinities are
+    the spec's, bit for bit), L_a reaches its weights, and after one step the projection learns."""
+    tokens, attn, labels, scores = _batch()
+    grid = (6, 6)
+    torch.manual_seed(0)
+    plain = _model().affinities(attn, grid, tokens=tokens)
+    torch.manual_seed(0)
+    model = _model(**{"affinity.head": "bilinear", "affinity.rank": 5})
+    bil = model.affinities(attn, grid, tokens=tokens)
+    for a, b in ((plain.s_raw, bil.s_raw), (plain.inv_raw, bil.inv_raw)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    rel = model.rel_s(tokens[:, -1]).detach()
+    assert rel.shape == (2, 1, 36, 36) and float(rel.abs().max()) <= 1 + 1e-5
+    torch.testing.assert_close(rel, rel.transpose(-1, -2))
+    refined = Refined(scores=scores, labels=labels, tokens=None, bg_up=None, fg_up=None)
+    opt = torch.optim.SGD(model.trainable_groups(), lr=0.1)
+    for step in range(2):
+        opt.zero_grad()
+        logits, f_d = model.run_decoder(tokens, grid)
+        out = model.losses(logits, f_d, model.affinities(attn, grid, tokens=tokens), refined, grid, active=True)
+        (out["align"] + out["rect"]).backward()
+        assert float(model.head_s.fc1.weight.grad[:, -1].abs().sum()) > 0        # the silent channel learns
+        assert float(model.head_inv.fc1.weight.grad[:, -1].abs().sum()) > 0
+        if step == 1:                                                             # …and then P does
+            assert float(model.rel_s.proj.weight.grad.abs().sum()) > 0
+            assert float(model.rel_inv.proj.weight.grad.abs().sum()) > 0
+        opt.step()
+    with pytest.raises(ValueError, match="needs the patch tokens"):
+        model.affinities(attn, grid)
+
+
+def test_head_lr_mult_scales_the_heads_lr_only():
+    base = _model(**{"train.lr": 0.001, "affinity.head": "bilinear"}).trainable_groups()
+    fast = _model(**{"train.lr": 0.001, "affinity.head": "bilinear", "train.head_lr_mult": 25}).trainable_groups()
+    assert [g["lr"] for g in base] == pytest.approx([0.001, 0.01])
+    assert [g["lr"] for g in fast] == pytest.approx([0.025, 0.01])
+    model = _model(**{"affinity.head": "bilinear"})
+    heads = {id(p) for p in model.trainable_groups()[0]["params"]}
+    assert {id(p) for m in (model.head_s, model.head_inv, model.rel_s, model.rel_inv) for p in m.parameters()} == heads
+
+
 def test_warm_up_switches_lfaa_and_hfar_off():
     model = _model()
     tokens, attn, labels, scores = _batch()

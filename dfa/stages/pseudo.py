@@ -120,7 +120,7 @@ def chunk_tokens(cfg: Config, model, ext, chunk: Chunk, seed_fn=None,
                              "(ablation.ceiling=areas), never on a reported split otherwise")
     elif kind == "decoder":
         areas = decoder_areas(model.segment(f.tokens, f.grid), valid)
-    aff = model.affinities(f.attn, f.grid)
+    aff = model.affinities(f.attn, f.grid, tokens=f.tokens)
     out["seed"] = model.token_scores(aff, s_hat, valid, areas, prior_kind)
     return out, valid
 

@@ -194,7 +194,7 @@ def train_step(model: DFA, batch: dict, device: torch.device, logit_scale: float
     cfg = model.cfg
     grid = tuple(batch["grid"])
     image = batch["image"].to(device)
-    aff = model.affinities(batch["attn"].to(device), grid)
+    aff = model.affinities(batch["attn"].to(device), grid, tokens=batch["tokens"].to(device))
     for name, t in (("affinity A_s", aff.s), ("affinity A_inv", aff.inv)):
         if t is not None and not torch.isfinite(t).all():  # the OT solver would reject it anyway
             return {name: t.sum()}
