@@ -194,13 +194,14 @@ def train_step(model: DFA, batch: dict, device: torch.device, logit_scale: float
     cfg = model.cfg
     grid = tuple(batch["grid"])
     image = batch["image"].to(device)
-    aff = model.affinities(batch["attn"].to(device), grid, tokens=batch["tokens"].to(device))
+    tokens = batch["tokens"].to(device)
+    aff = model.affinities(batch["attn"].to(device), grid, tokens=tokens)
     for name, t in (("affinity A_s", aff.s), ("affinity A_inv", aff.inv)):
         if t is not None and not torch.isfinite(t).all():  # the OT solver would reject it anyway
             return {name: t.sum()}
     s_hat, valid = model.class_scores(batch["cos"].to(device), batch["cos_bg"].to(device),
                                       batch["present"].to(device), logit_scale)
-    logits, f_d = model.run_decoder(batch["tokens"].to(device), grid)
+    logits, f_d = model.run_decoder(tokens, grid)
     areas, prior_kind = None, None
     if cfg.ot.prior == "decoder":  # before the warm-up ends the decoder knows nothing: CAM areas
         if active:

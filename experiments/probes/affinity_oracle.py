@@ -22,25 +22,25 @@ from dfa.cam import minmax_tokens
 from dfa.config import load_config
 from dfa.data.dataset import load_labels
 from dfa.losses import token_labels
-from dfa.model import DFA, TokenScores
+from dfa.model import DFA, TokenScores, same_class
 from dfa.refine import product_affinity
 from dfa.stages.common import class_spec, layout_of, setup
 from dfa.stages.pseudo import calibrate, score_seeds
 from dfa.stages.views import extractor
 
 
-def same_class(view_gt: torch.Tensor, grid, num_classes: int) -> torch.Tensor:
-    y = token_labels(view_gt, grid, num_classes, "majority", min_share=0.0)      # (B, N)
-    same = (y[:, :, None] == y[:, None, :]) & (y[:, :, None] != 255)
-    eye = torch.eye(y.shape[1], dtype=torch.bool, device=y.device)
-    return (same | eye).float()
+def oracle_affinity(view_gt: torch.Tensor, grid, num_classes: int) -> torch.Tensor:
+    """1 for same-class token pairs, 0 otherwise; an ignored token relates to itself only."""
+    same, ok = same_class(token_labels(view_gt, grid, num_classes, "majority", min_share=0.0))
+    eye = torch.eye(same.shape[-1], dtype=torch.bool, device=same.device)
+    return ((same.bool() & ok) | eye).float()
 
 
 def seed_fn_for(kind: str, cfg):
     def seed_fn(model, chunk, s_hat, valid):
         f = chunk.feats
         attn = renormalize_rows(f.attn.float()).mean(1)
-        oracle = same_class(chunk.view_gt, f.grid, model.num_classes)
+        oracle = oracle_affinity(chunk.view_gt, f.grid, model.num_classes)
         aff = {"attention": attn, "oracle": oracle + 1e-6, "attention-and-oracle": attn * oracle + 1e-9}[kind]
         a = product_affinity([aff], cfg.affinity.sinkhorn_rounds, cfg.affinity.square)
         fg = minmax_tokens(a @ s_hat[..., 1:]) * valid[:, None, 1:]
