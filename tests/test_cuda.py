@@ -16,8 +16,9 @@ from dfa.config import load_config
 from dfa.model import DFA
 from dfa.ot import normalize_scores, prior, readout, sinkhorn, transport
 from dfa.refine import PAR
-from dfa.stages.bench import bench_encoder, bench_spec, ot_problems, synthetic_views
-from dfa.stages.train import train_step
+from dfa.stages.bench.sinkhorn import ot_problems
+from dfa.stages.bench.workload import bench_encoder, bench_spec, synthetic_views
+from dfa.stages.training import train_step
 
 from tests.conftest import REPO
 

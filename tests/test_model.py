@@ -143,7 +143,7 @@ def test_decoder_trained_on_ground_truth_beats_one_trained_on_noise(smoke_worksp
     monkeypatch.chdir(smoke_workspace)
     from dfa.features_cache import CachedViews
     from dfa.metrics import confusion_matrix, miou
-    from dfa.stages.train import Batches  # noqa: F401  (the cache's reader)
+    from dfa.stages.training import Batches  # noqa: F401  (the cache's reader)
 
     cfg = load_config("params.yaml", ["tracking.enabled=false"], smoke=True)
     views = CachedViews(cfg.cache.dir)

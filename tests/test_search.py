@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from dfa.config import ConfigError, load_config
 from dfa.stages import search as search_mod
+from dfa.stages import search_space
 
 REPO = Path(__file__).resolve().parents[1]
 SPACES = sorted((REPO / "experiments").glob("*.yaml"))
@@ -35,7 +36,7 @@ def mlflow_runs(db: Path, flt: str):
 @pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])
 def test_shipped_spaces_load_and_their_bounds_are_valid_params(path):
     cfg = load_config(REPO / "params.yaml")
-    space = search_mod.load_space(path, cfg)
+    space = search_space.load_space(path, cfg)
     args = argparse.Namespace(params=str(REPO / "params.yaml"), overrides=[], smoke=False)
     # Every corner of the space must be a config the params accept.
     for pick in (0, -1):
@@ -47,10 +48,10 @@ def test_shipped_spaces_load_and_their_bounds_are_valid_params(path):
 
 def test_frequency_and_ablation_spaces_cover_the_issue():
     cfg = load_config(None)
-    freq = search_mod.load_space(REPO / "experiments/frequency.yaml", cfg)
+    freq = search_space.load_space(REPO / "experiments/frequency.yaml", cfg)
     assert set(freq.params) == {"frequency.ratio", "loss.alpha_momentum", "loss.lambda_align", "loss.lambda_rect",
                                 "ot.lambda_h", "ot.tau", "ot.epsilon"}
-    abl = search_mod.load_space(REPO / "experiments/ablation.yaml", cfg)
+    abl = search_space.load_space(REPO / "experiments/ablation.yaml", cfg)
     assert set(abl.params) == {f"ablation.{k}" for k in ("learned_s", "use_inverse", "align", "rectify",
                                                           "combination")}
     assert abl.fixed == {"ablation.row": None}
@@ -73,7 +74,7 @@ def test_bad_space_names_the_key(tmp_path, body, key):
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(body))
     with pytest.raises(ConfigError) as err:
-        search_mod.load_space(path, load_config(None))
+        search_space.load_space(path, load_config(None))
     assert f"{path}: {key}" in str(err.value)
 
 

@@ -168,9 +168,9 @@ def run_cell(args, entry: Entry, seed: int, ctx: Context, parent_id: str | None,
     import json
 
     from dfa.features_cache import file_digest, fingerprint
-    from dfa.stages.evaluate import decoder_miou
-    from dfa.stages.pseudo import calibrate, score_seeds
-    from dfa.stages.train import fit, load_trained
+    from dfa.stages.seeds import calibrate, score_seeds
+    from dfa.stages.segment import decoder_miou
+    from dfa.stages.training import fit, load_trained
     from dfa.tracking import stage_run
 
     cfg = entry_config(args, entry, seed, root)

@@ -1,4 +1,5 @@
-"""What every stage shares: repository paths, device, seeds, dataset handles, progress bars."""
+"""What every stage shares: repository paths, device, seeds, dataset handles, progress bars,
+metrics files, DenseCRF parameters."""
 from __future__ import annotations
 
 import os
@@ -95,3 +96,10 @@ def data_errors():
 
 def limit(items: list, n: int) -> list:
     return items[:n] if n and n > 0 else items
+
+
+def crf_params(cfg: Config) -> dict:
+    """DenseCRF's keyword arguments from ``eval.crf`` (pseudo masks and ``dfa evaluate``)."""
+    c = cfg.eval.crf
+    return dict(iters=c.iters, gauss_sxy=c.gauss_sxy, gauss_compat=c.gauss_compat, bilateral_sxy=c.bilateral_sxy,
+                bilateral_srgb=c.bilateral_srgb, bilateral_compat=c.bilateral_compat)

@@ -9,20 +9,20 @@ parameter importances, optimisation history) goes to ``reports/search/<study>/``
 
 Before the study starts, the data, CLIP checkpoint and feature cache the trials need are
 checked once (``search_prereqs``; ``--prepare`` makes what is missing). ``--workers N``
-runs N worker processes on the study (``search_workers``). The command exits 1 when every
+runs N worker processes on the study (``search_workers``; their entry is :func:`worker_main`). The command exits 1 when every
 trial of this invocation failed or a worker failed on the storage; a trial that fails on
 its own (a sampled value the params reject) is recorded FAILED and the study goes on.
 
-The space file format is described in ``experiments/README.md``.
+The space file format is described in ``experiments/README.md`` (read by ``search_space``).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,122 +31,26 @@ from optuna.trial import TrialState
 from rich.markup import escape
 from rich.table import Table
 
-from dfa.config import Config, ConfigError, load_config, read_yaml_mapping
+from dfa.config import Config, ConfigError, load_config
 from dfa.data.dataset import load_labels
 from dfa.io import atomic_path, write_json
 from dfa.errors import WorkbenchError
 from dfa.stages import search_prereqs
 from dfa.stages.common import class_spec, console, data_errors, device_of, layout_of, limit
-from dfa.stages.search_workers import (POSTGRES_HINT, open_storage, retried_as, run_workers, warm_up,
-                                      worker_tag)
+from dfa.stages.search_space import Space, load_space, override_text
+from dfa.stages.search_workers import (EXIT_STORAGE, POSTGRES_HINT, WorkerJob, open_storage, retried_as, run_workers,
+                                      warm_up, worker_tag)
 from dfa.tracking import stage_run
 
 REPORTS = Path("reports/search")
-METRICS = ("seed_miou", "cam_miou", "mask_miou")
-TYPES = ("float", "int", "categorical")
 SCORE_IMAGES = 50  # images scored per trial when data.max_seed_images is 0 (the whole split)
-
-
-# ------------------------------------------------------------------------------ the space
-
-@dataclass
-class ParamSpec:
-    """One searched key: ``float``/``int`` in [low, high] (optionally log or stepped) or ``categorical``."""
-    key: str
-    type: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: list | None = None
-
-    def suggest(self, trial: optuna.Trial) -> Any:
-        if self.type == "float":
-            return trial.suggest_float(self.key, self.low, self.high, log=self.log, step=self.step)
-        if self.type == "int":
-            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
-        return trial.suggest_categorical(self.key, self.choices)
-
-
-@dataclass
-class Space:
-    path: Path
-    params: dict[str, ParamSpec]
-    metric: str = "seed_miou"
-    direction: str = "maximize"
-    fixed: dict[str, Any] = field(default_factory=dict)
-    pruner: dict[str, int] = field(default_factory=dict)
-
-
-def _override(key: str, value: Any) -> str:
-    # JSON is a YAML subset, so ``-S``'s YAML parser reads back exactly this value.
-    return f"{key}={json.dumps(value)}"
-
-
-def load_space(path: str | Path, cfg: Config) -> Space:
-    """Read and check a space file; every error names the file and the key."""
-    path = Path(path)
-    raw = read_yaml_mapping(path, "search space")
-    unknown = sorted(set(raw) - {"metric", "direction", "params", "fixed", "pruner", "description"})
-    if unknown:
-        raise ConfigError(f"{path}: {unknown[0]}: unknown key")
-    known = set(cfg.flat())
-    metric = raw.get("metric", "seed_miou")
-    if metric not in METRICS:
-        raise ConfigError(f"{path}: metric: must be one of {', '.join(METRICS)}, got {metric!r}")
-    direction = raw.get("direction", "maximize")
-    if direction not in ("maximize", "minimize"):
-        raise ConfigError(f"{path}: direction: must be maximize or minimize, got {direction!r}")
-    fixed = raw.get("fixed") or {}
-    for key in fixed:
-        if key not in known:
-            raise ConfigError(f"{path}: fixed.{key}: not a params key")
-    pruner = raw.get("pruner") or {}
-    for key, value in pruner.items():
-        if key not in ("n_startup_trials", "n_warmup_steps", "interval_steps") or not isinstance(value, int):
-            raise ConfigError(f"{path}: pruner.{key}: expected n_startup_trials, n_warmup_steps or "
-                              f"interval_steps with an integer value, got {value!r}")
-    params = {}
-    for key, spec in (raw.get("params") or {}).items():
-        params[key] = _param(path, key, spec, known)
-    if not params:
-        raise ConfigError(f"{path}: params: the space has no parameters")
-    return Space(path, params, metric, direction, fixed, pruner)
-
-
-def _param(path: Path, key: str, spec: Any, known: set[str]) -> ParamSpec:
-    where = f"{path}: params.{key}"
-    if key not in known:
-        raise ConfigError(f"{where}: not a params key")
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{where}: expected a mapping with type, low/high or choices")
-    extra = sorted(set(spec) - {"type", "low", "high", "log", "step", "choices"})
-    if extra:
-        raise ConfigError(f"{where}.{extra[0]}: unknown key")
-    if "type" not in spec:
-        raise ConfigError(f"{where}.type: missing (float, int or categorical)")
-    p = ParamSpec(key, **spec)
-    if p.type not in TYPES:
-        raise ConfigError(f"{where}.type: must be one of {', '.join(TYPES)}, got {p.type!r}")
-    if p.type == "categorical":
-        if not isinstance(p.choices, list) or not p.choices:
-            raise ConfigError(f"{where}.choices: need a non-empty list")
-        return p
-    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (p.low, p.high))
-    if not ok or not p.low < p.high:
-        raise ConfigError(f"{where}: need numbers low < high, got low={p.low!r} high={p.high!r}")
-    if p.log and p.low <= 0:
-        raise ConfigError(f"{where}.low: a log scale needs low > 0, got {p.low}")
-    if p.log and p.step is not None:
-        raise ConfigError(f"{where}: log and step cannot be combined")
-    return p
 
 
 def trial_config(args, cfg: Config, space: Space, values: dict[str, Any], train_dir: str) -> Config:
     """The base params + ``-S`` overrides, then the space's fixed values, then the sampled ones."""
-    overrides = [*args.overrides, *(_override(k, v) for k, v in space.fixed.items()),
-                 *(_override(k, v) for k, v in values.items()),
-                 _override("train.dir", train_dir), _override("train.steps", cfg.search.train_steps)]
+    overrides = [*args.overrides, *(override_text(k, v) for k, v in space.fixed.items()),
+                 *(override_text(k, v) for k, v in values.items()),
+                 override_text("train.dir", train_dir), override_text("train.steps", cfg.search.train_steps)]
     return load_config(args.params, overrides, smoke=args.smoke)
 
 
@@ -168,7 +72,7 @@ class SeedScorer:
                    split: str | None = None) -> Callable[..., dict[str, float]]:
         """A ``score(model, bar=None)`` for ``cfg`` on ``split`` (default ``data.tune_split``);
         ``default_images`` applies when ``data.max_seed_images`` is 0 (0 again = the whole split)."""
-        from dfa.stages.pseudo import calibrate, score_seeds
+        from dfa.stages.seeds import calibrate, score_seeds
         from dfa.stages.views import extractor
 
         device = device_of(cfg)
@@ -197,7 +101,7 @@ def _slug(name: str) -> str:
 
 def make_objective(cfg: Config, args, space: Space, parent_id: str | None, scorer: SeedScorer,
                    on_start: Callable[[optuna.Trial], None] | None = None):
-    from dfa.stages.train import fit, load_trained
+    from dfa.stages.training import fit, load_trained
 
     slug = _slug(args.study)
     crf = None if space.metric == "mask_miou" else False
@@ -281,6 +185,33 @@ def open_study(cfg: Config, space: Space, name: str, worker: int = 0, workers: i
     elif not previous:
         study.set_user_attr("space", str(space.path))
     return study
+
+
+# ------------------------------------------------------------------------------ one worker process
+
+def worker_main(job: WorkerJob) -> None:
+    """Entry of a spawned worker: run ``job.n_trials`` trials of the study, report each one."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    cfg = load_config(job.params, job.overrides, smoke=job.smoke)
+    if cfg.threads == 0:  # share the cores between the workers instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // job.workers))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    args = argparse.Namespace(params=job.params, overrides=job.overrides, smoke=job.smoke, space=job.space,
+                              study=job.study)
+    put = job.events.put
+    try:
+        warm_up(cfg)
+        space = load_space(job.space, cfg)
+        study = open_study(cfg, space, job.study, worker=job.index, workers=job.workers)
+        objective = make_objective(cfg, args, space, job.parent_run_id, SeedScorer(),
+                                   on_start=lambda t: put(("start", job.index, t.number)))
+        study.optimize(objective, n_trials=job.n_trials, catch=(Exception,),
+                       callbacks=[lambda _study, t: put(("done", job.index, t.number, t.state.name))])
+    except Exception as exc:  # the storage, not a trial: optimize() catches what trials raise
+        put(("error", job.index, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]))
+        sys.exit(EXIT_STORAGE)
 
 
 # ------------------------------------------------------------------------------ summary
@@ -380,7 +311,7 @@ def base_config(args, space: Space) -> Config:
 
 
 def fixed_overrides(space: Space) -> list[str]:
-    return [_override(k, v) for k, v in space.fixed.items()]
+    return [override_text(k, v) for k, v in space.fixed.items()]
 
 
 def check_prerequisites(args, space: Space) -> None:
@@ -425,7 +356,7 @@ def search(cfg: Config, args) -> int:
                            callbacks=[lambda _s, t: states.__setitem__(t.number, t.state.name)])
             errors: list[str] = []
         else:
-            outcome = run_workers(cfg, args, study, parent.run_id, workers)
+            outcome = run_workers(cfg, args, study, parent.run_id, workers, worker_main)
             states, errors = outcome.states, outcome.errors
         summary = summarize(study, space, out_dir)
         if summary["best"] is not None:

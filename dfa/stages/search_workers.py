@@ -16,21 +16,20 @@ worker picks the re-queued trial up first. The dead trial's MLflow run is marked
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import queue
 import socket
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
 
-from dfa.config import Config, load_config
+from dfa.config import Config
 from dfa.stages.common import console, repo_root
 from dfa.tracking import resolve_uri
 
@@ -94,38 +93,11 @@ class WorkerJob:
     events: object = None  # a multiprocessing queue of (kind, worker index, ...) tuples
 
 
-def worker_main(job: WorkerJob) -> None:
-    """Entry of a spawned worker: run ``job.n_trials`` trials of the study, report each one."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import torch
-
-    from dfa.stages import search as s
-
-    cfg = load_config(job.params, job.overrides, smoke=job.smoke)
-    if cfg.threads == 0:  # share the cores between the workers instead of oversubscribing them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // job.workers))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    args = argparse.Namespace(params=job.params, overrides=job.overrides, smoke=job.smoke, space=job.space,
-                              study=job.study)
-    put = job.events.put
-    try:
-        warm_up(cfg)
-        space = s.load_space(job.space, cfg)
-        study = s.open_study(cfg, space, job.study, worker=job.index, workers=job.workers)
-        objective = s.make_objective(cfg, args, space, job.parent_run_id, s.SeedScorer(),
-                                     on_start=lambda t: put(("start", job.index, t.number)))
-        study.optimize(objective, n_trials=job.n_trials, catch=(Exception,),
-                       callbacks=[lambda _study, t: put(("done", job.index, t.number, t.state.name))])
-    except Exception as exc:  # the storage, not a trial: optimize() catches what trials raise
-        put(("error", job.index, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]))
-        sys.exit(EXIT_STORAGE)
-
-
 def warm_up(cfg: Config) -> None:
     """Pay a fresh process's one-off costs before its first trial, not inside it: the imports a
     trial makes lazily (training, scoring, open_clip) and the MLflow store's first connection."""
-    import dfa.stages.pseudo  # noqa: F401
-    import dfa.stages.train  # noqa: F401
+    import dfa.stages.seeds  # noqa: F401
+    import dfa.stages.training  # noqa: F401
     import dfa.stages.views  # noqa: F401
     if cfg.tracking.enabled:
         from dfa.tracking import client_for
@@ -158,8 +130,12 @@ def shares(n_trials: int, workers: int) -> list[int]:
     return [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
 
 
-def run_workers(cfg: Config, args, study: optuna.Study, parent_run_id: str | None, workers: int) -> Outcome:
-    """Start ``workers`` spawned workers on ``study`` and wait for all of them."""
+def run_workers(cfg: Config, args, study: optuna.Study, parent_run_id: str | None, workers: int,
+                target: Callable[[WorkerJob], None]) -> Outcome:
+    """Start ``workers`` spawned workers on ``study`` and wait for all of them.
+
+    ``target(job)`` is a worker's entry (``dfa.stages.search.worker_main``): a module-level
+    function, so that a spawned process can import it by name."""
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
     devices = [str(d) for d in cfg.search.devices]
@@ -173,7 +149,7 @@ def run_workers(cfg: Config, args, study: optuna.Study, parent_run_id: str | Non
         if devices:  # a spawned child inherits the environment of this moment
             os.environ["CUDA_VISIBLE_DEVICES"] = devices[slot.index % len(devices)]
         try:
-            slot.process = ctx.Process(target=worker_main, args=(job,), name=f"dfa-search-worker-{slot.index}")
+            slot.process = ctx.Process(target=target, args=(job,), name=f"dfa-search-worker-{slot.index}")
             slot.process.start()
         finally:
             if devices:

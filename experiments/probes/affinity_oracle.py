@@ -25,7 +25,7 @@ from dfa.losses import token_labels
 from dfa.model import DFA, TokenScores, same_class
 from dfa.refine import product_affinity
 from dfa.stages.common import class_spec, layout_of, setup
-from dfa.stages.pseudo import calibrate, score_seeds
+from dfa.stages.seeds import calibrate, score_seeds
 from dfa.stages.views import extractor
 
 

@@ -20,7 +20,7 @@ from dfa.data.dataset import load_labels
 from dfa.model import DFA
 from dfa.stages.ablation import features_tokens
 from dfa.stages.common import class_spec, layout_of, setup
-from dfa.stages.pseudo import calibrate, score_seeds
+from dfa.stages.seeds import calibrate, score_seeds
 from dfa.stages.views import extractor
 
 args = sys.argv[1:]

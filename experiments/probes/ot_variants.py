@@ -12,8 +12,8 @@ import time
 from dfa.config import load_config
 from dfa.data.dataset import load_labels
 from dfa.stages.common import class_spec, layout_of, setup
-from dfa.stages.pseudo import calibrate, score_seeds
-from dfa.stages.train import load_trained
+from dfa.stages.seeds import calibrate, score_seeds
+from dfa.stages.training import load_trained
 from dfa.stages.views import extractor
 
 train_dir, n, variants = sys.argv[1], int(sys.argv[2]), sys.argv[3:] or [""]

@@ -29,7 +29,7 @@ import optuna
 from dfa.config import Config, load_config
 from dfa.local_postgres import LocalPostgres, unavailable
 
-SPACE = Path(__file__).resolve().parents[2] / "experiments" / "frequency.yaml"
+SPACE = Path(__file__).resolve().parents[3] / "experiments" / "frequency.yaml"
 
 
 def _throughput(storage: str, study: str, warm: bool = False) -> float:
@@ -59,8 +59,8 @@ def _search(ws: Path, study: str, workers: int, n_trials: int, storage: str, tra
 
 def _storage_overhead(cfg: Config, urls: dict[str, tuple[str, str]], trials: int, repeats: int) -> dict:
     """ms per trial of Optuna's and MLflow's calls for one trial, per backend, round-robin."""
-    from dfa.stages.bench import med, race, span
-    from dfa.stages.search import load_space
+    from dfa.stages.bench.timing import med, race, span
+    from dfa.stages.search_space import load_space
     from dfa.stages.search_workers import open_storage
     from dfa.tracking import client_for, stage_run
 

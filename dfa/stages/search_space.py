@@ -1,0 +1,110 @@
+"""Search space files (``experiments/*.yaml``, format in ``experiments/README.md``), read by
+``dfa search`` and by ``dfa bench``'s ``search_scaling`` section: every error names the file
+and the key.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from dfa.config import Config, ConfigError, read_yaml_mapping
+
+METRICS = ("seed_miou", "cam_miou", "mask_miou")
+TYPES = ("float", "int", "categorical")
+
+
+@dataclass
+class ParamSpec:
+    """One searched key: ``float``/``int`` in [low, high] (optionally log or stepped) or ``categorical``."""
+    key: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list | None = None
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.type == "float":
+            return trial.suggest_float(self.key, self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return trial.suggest_categorical(self.key, self.choices)
+
+
+@dataclass
+class Space:
+    path: Path
+    params: dict[str, ParamSpec]
+    metric: str = "seed_miou"
+    direction: str = "maximize"
+    fixed: dict[str, Any] = field(default_factory=dict)
+    pruner: dict[str, int] = field(default_factory=dict)
+
+
+def override_text(key: str, value: Any) -> str:
+    # JSON is a YAML subset, so ``-S``'s YAML parser reads back exactly this value.
+    return f"{key}={json.dumps(value)}"
+
+
+def load_space(path: str | Path, cfg: Config) -> Space:
+    """Read and check a space file; every error names the file and the key."""
+    path = Path(path)
+    raw = read_yaml_mapping(path, "search space")
+    unknown = sorted(set(raw) - {"metric", "direction", "params", "fixed", "pruner", "description"})
+    if unknown:
+        raise ConfigError(f"{path}: {unknown[0]}: unknown key")
+    known = set(cfg.flat())
+    metric = raw.get("metric", "seed_miou")
+    if metric not in METRICS:
+        raise ConfigError(f"{path}: metric: must be one of {', '.join(METRICS)}, got {metric!r}")
+    direction = raw.get("direction", "maximize")
+    if direction not in ("maximize", "minimize"):
+        raise ConfigError(f"{path}: direction: must be maximize or minimize, got {direction!r}")
+    fixed = raw.get("fixed") or {}
+    for key in fixed:
+        if key not in known:
+            raise ConfigError(f"{path}: fixed.{key}: not a params key")
+    pruner = raw.get("pruner") or {}
+    for key, value in pruner.items():
+        if key not in ("n_startup_trials", "n_warmup_steps", "interval_steps") or not isinstance(value, int):
+            raise ConfigError(f"{path}: pruner.{key}: expected n_startup_trials, n_warmup_steps or "
+                              f"interval_steps with an integer value, got {value!r}")
+    params = {}
+    for key, spec in (raw.get("params") or {}).items():
+        params[key] = _param(path, key, spec, known)
+    if not params:
+        raise ConfigError(f"{path}: params: the space has no parameters")
+    return Space(path, params, metric, direction, fixed, pruner)
+
+
+def _param(path: Path, key: str, spec: Any, known: set[str]) -> ParamSpec:
+    where = f"{path}: params.{key}"
+    if key not in known:
+        raise ConfigError(f"{where}: not a params key")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping with type, low/high or choices")
+    extra = sorted(set(spec) - {"type", "low", "high", "log", "step", "choices"})
+    if extra:
+        raise ConfigError(f"{where}.{extra[0]}: unknown key")
+    if "type" not in spec:
+        raise ConfigError(f"{where}.type: missing (float, int or categorical)")
+    p = ParamSpec(key, **spec)
+    if p.type not in TYPES:
+        raise ConfigError(f"{where}.type: must be one of {', '.join(TYPES)}, got {p.type!r}")
+    if p.type == "categorical":
+        if not isinstance(p.choices, list) or not p.choices:
+            raise ConfigError(f"{where}.choices: need a non-empty list")
+        return p
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (p.low, p.high))
+    if not ok or not p.low < p.high:
+        raise ConfigError(f"{where}: need numbers low < high, got low={p.low!r} high={p.high!r}")
+    if p.log and p.low <= 0:
+        raise ConfigError(f"{where}.low: a log scale needs low > 0, got {p.low}")
+    if p.log and p.step is not None:
+        raise ConfigError(f"{where}: log and step cannot be combined")
+    return p
