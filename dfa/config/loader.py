@@ -1,0 +1,79 @@
+"""Loading ``params.yaml``: read the file, apply ``--smoke`` then the ``-S`` dotted overrides
+(parsed as YAML scalars, like ``dvc exp run -S``), build the typed :class:`Config` and
+validate it; every error is one line naming the key or the file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dfa.config.checks import ConfigError, build
+from dfa.config.root import Config
+from dfa.config.runs import TrackingConfig
+from dfa.config.smoke import SMOKE_OVERRIDES, SMOKE_PATHS, SMOKE_SYNTHETIC_PATHS
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` → (``a.b``, YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: cannot parse {raw!r} ({exc})") from None
+    return key, value
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    node = d
+    parts = key.split(".")
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; a missing or bad file is a ConfigError naming it."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: {what} not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return raw
+
+
+def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = (),
+                smoke: bool = False) -> Config:
+    """Read params (if the file exists), apply ``--smoke`` then ``-S`` overrides, validate."""
+    raw: dict[str, Any] = read_yaml_mapping(path, "params file") if path is not None else {}
+    parsed = [parse_override(t) for t in overrides]
+    if smoke:
+        for k, v in SMOKE_OVERRIDES.items():
+            set_dotted(raw, k, v)
+        name = dict(parsed).get("data.name", (raw.get("data") or {}).get("name", "synthetic"))
+        for k, v in {**SMOKE_PATHS, **(SMOKE_SYNTHETIC_PATHS if name == "synthetic" else {})}.items():
+            set_dotted(raw, k, v)
+        experiment = (raw.get("tracking") or {}).get("experiment", TrackingConfig.experiment)
+        set_dotted(raw, "tracking.experiment", f"{experiment}-smoke")
+        raw["smoke"] = True
+    for k, v in parsed:
+        set_dotted(raw, k, v)
+    cfg = build(Config, raw, "")
+    cfg.check()
+    return cfg
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
