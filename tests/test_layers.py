@@ -168,3 +168,22 @@ def test_no_stage_command_imports_another_command():
         if bad:
             crossing[module] = bad
     assert crossing == {}
+
+
+BOTTOM = ("dfa.config", "dfa.io", "dfa.repo", "dfa.errors")
+
+
+def test_the_bottom_floor_imports_nothing_above_it():
+    """config/, io, repo and errors (README "Code layout") import only each other."""
+    graph = import_graph()
+    bottom = [m for m in graph if m.startswith(BOTTOM)]
+    assert "dfa.config.loader" in bottom
+    upward = {m: sorted(t for t in graph[m] if t != "dfa" and not t.startswith(BOTTOM)) for m in bottom}
+    assert {m: v for m, v in upward.items() if v} == {}
+
+
+def test_config_modules_stay_small():
+    """One module per params.yaml section group: none grows back into a 700-line file."""
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (PACKAGE / "config").glob("*.py")}
+    assert len(sizes) > 5 and not (PACKAGE / "config.py").exists()
+    assert {k: v for k, v in sizes.items() if v > 250} == {}
