@@ -32,7 +32,8 @@ def add_confusion(conf: torch.Tensor, preds: list[np.ndarray], gts: list[np.ndar
     """Add each (prediction, ground truth) pair's confusion matrix to ``conf`` (K, K) in place."""
     n = conf.shape[0]
     for p, g in zip(preds, gts):
-        conf += confusion_matrix(torch.from_numpy(np.asarray(p, dtype=np.int64)), torch.from_numpy(g.astype(np.int64)), n)
+        conf += confusion_matrix(torch.from_numpy(np.asarray(p, dtype=np.int64)),
+                                 torch.from_numpy(g.astype(np.int64)), n)
 
 
 def choose_powers(conf: dict[str, dict[float, torch.Tensor]], powers: list[float]) -> dict:

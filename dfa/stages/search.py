@@ -9,9 +9,10 @@ parameter importances, optimisation history) goes to ``reports/search/<study>/``
 
 Before the study starts, the data, CLIP checkpoint and feature cache the trials need are
 checked once (``search_prereqs``; ``--prepare`` makes what is missing). ``--workers N``
-runs N worker processes on the study (``search_workers``; their entry is :func:`worker_main`). The command exits 1 when every
-trial of this invocation failed or a worker failed on the storage; a trial that fails on
-its own (a sampled value the params reject) is recorded FAILED and the study goes on.
+runs N worker processes on the study (``search_workers``; each runs :func:`worker_main`).
+The command exits 1 when every trial of this invocation failed or a worker failed on the
+storage; a trial that fails on its own (a sampled value the params reject) is recorded
+FAILED and the study goes on.
 
 The space file format is described in ``experiments/README.md`` (read by ``search_space``).
 """

@@ -9,20 +9,21 @@ in ``*_range``; speedups are ratios of medians. ``torch.set_num_threads`` is lef
 default. The load average before and after is recorded in ``machine`` so a contended run
 can be recognised.
 
-Entries of ``reports/bench.json``, one module of this package each (timing helpers in
-``timing``, the targets and the printed table in ``report``):
+Entries of ``reports/bench.json``, each measured by one module of this package (the
+timing helpers are ``timing``; the targets and the printed table ``report``):
 
-* ``sinkhorn`` (``sinkhorn``): ``dfa.ot.sinkhorn`` vs POT's batched solver (torch) and POT's per-problem
-  ``ot.sinkhorn`` (numpy, fp64), same problems, ε, and a fixed 100 iterations (tol 0).
-* ``train_step`` (``train_step``, with ``workload``): a DFA step from cached features vs the same step with the frozen
-  encoder online (open_clip ViT-B/16 at 320 px; a tiny ViT with ``--smoke``).
-* ``crf`` (``crf``): DenseCRF serial vs a 2-process spawn pool started per call (as ``dfa evaluate``), and
-  vs an already running pool.
+* ``sinkhorn`` (``sinkhorn``): ``dfa.ot.sinkhorn`` vs POT's batched solver (torch) and POT's
+  per-problem ``ot.sinkhorn`` (numpy, fp64), same problems, ε, and a fixed 100 iterations (tol 0).
+* ``train_step`` (``train_step``; encoder, views and step in ``workload``): a DFA step from
+  cached features vs the same step with the frozen encoder online (open_clip ViT-B/16 at
+  320 px; a tiny ViT with ``--smoke``).
+* ``crf`` (``crf``): DenseCRF serial vs a 2-process spawn pool started per call (as
+  ``dfa evaluate``), and vs an already running pool.
 * ``pipeline`` (``machine``): wall time and peak RSS of each stage from ``reports/timings/*.json``.
-* ``machine`` (``machine``); ``gpu`` (``gpu``, only on CUDA: encoder images/s, training it/s, bf16 utilisation).
-* ``search_scaling``: smoke-study trials per minute with 1 and 2 search workers on
-  PostgreSQL, and Optuna / MLflow storage overhead per trial on SQLite vs PostgreSQL
-  (``search_scaling``).
+* ``machine`` (``machine``); ``gpu`` (``gpu``, only on CUDA: encoder images/s, training it/s,
+  bf16 utilisation).
+* ``search_scaling`` (``search_scaling``): smoke-study trials per minute with 1 and 2 search
+  workers on PostgreSQL, and Optuna / MLflow storage overhead per trial on SQLite vs PostgreSQL.
 * ``targets`` (``report``): the acceptance targets of the speed issue and whether this run met them.
 """
 from __future__ import annotations
