@@ -354,7 +354,6 @@ def resolved_sizes(model: DFA, grid) -> dict[str, str]:
     return {f"{k}": "×".join(map(str, v)) for k, v in model.sizes(tuple(grid)).items()}
 
 
-
 def load_trained(cfg: Config, device: torch.device) -> DFA:
     """The trained model of ``train.dir`` (checked against the dataset's classes)."""
     path = Path(cfg.train.dir) / "model.pt"
