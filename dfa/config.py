@@ -50,6 +50,9 @@ class SyntheticConfig:
     num_pretrain: int = 4000
     size_range: list[int] = field(default_factory=lambda: [64, 112])
     variant: str = "base"   # base | alt: the second benchmark (other classes, shapes, sizes; issue 11)
+    # Object size (equivalent diameter) as a fraction of the image's short side, drawn uniformly
+    # in [lo, hi]; the small-object benchmark (make ablation-table-small) uses [0.1, 0.3].
+    object_scale: list[float] = field(default_factory=lambda: [0.12, 0.7])
 
 
 @dataclass
@@ -75,6 +78,10 @@ class DataConfig:
     def check(self) -> None:
         _choice("data.name", self.name, ("synthetic", "voc", "coco", "custom"))
         _choice("data.synthetic.variant", self.synthetic.variant, ("base", "alt"))
+        scale = self.synthetic.object_scale
+        if len(scale) != 2 or not 0 < scale[0] < scale[1] <= 1:
+            raise ConfigError(f"data.synthetic.object_scale: need [lo, hi] with 0 < lo < hi <= 1 "
+                              f"(fractions of the image's short side), got {scale}")
         _positive("data.crop_size", self.crop_size)
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise ConfigError(f"data.scale_range: need [low, high] with 0 < low <= high, got {self.scale_range}")
@@ -254,11 +261,14 @@ class OTConfig:
     """Frequency-guided CAM generation by optimal transport (method.md §5, v2).
 
     ``formulation``: balanced | relaxed | dustbin | reweight; ``prior``: cam_area |
-    softmax_sum | tempered | uniform | decoder | oracle (the ``areas`` ceiling only);
+    cam_area_scaled (the pre-issue-17 count on O-scaled scores) | softmax_sum | tempered |
+    uniform | decoder | oracle (the ``areas`` ceiling only);
     ``readout``: posterior | colmax (v1); ``normalize``: class | image; ``score``: fixed |
     literal. ``reg_m`` is τ_m of the relaxed columns; ``tau`` the ``tempered`` prior's
-    temperature. ``debug``: ``dfa pseudo`` writes every image's plan column sums (background
-    first, absent classes null) to ``outputs/pseudo/ot_columns.json``, so a collapse is visible.
+    temperature. ``debug``: ``dfa pseudo`` writes every image's plan diagnostics (column sums,
+    prior, argmax areas, row/column error, iterations, convergence, empty columns; background
+    first, absent classes null) to ``outputs/pseudo/ot_columns.json``, so a failure is visible.
+    Their summary goes into ``reports/metrics/pseudo.json`` (``ot``) in any case.
     """
     score: str = "fixed"
     formulation: str = "balanced"
@@ -278,7 +288,7 @@ class OTConfig:
     def check(self) -> None:
         _choice("ot.score", self.score, ("fixed", "literal"))
         _choice("ot.formulation", self.formulation, ("balanced", "relaxed", "dustbin", "reweight"))
-        _choice("ot.prior", self.prior, ("cam_area", "softmax_sum", "tempered", "uniform", "decoder", "oracle"))
+        _choice("ot.prior", self.prior, ("cam_area", "cam_area_scaled", "softmax_sum", "tempered", "uniform", "decoder", "oracle"))
         _choice("ot.readout", self.readout, ("posterior", "colmax"))
         _choice("ot.normalize", self.normalize, ("class", "image"))
         _range("ot.prior_mix", self.prior_mix, 0.0, 1.0)

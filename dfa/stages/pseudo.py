@@ -8,6 +8,13 @@ For each image of ``data.seed_split`` (VOC: train, 1,464 images) at the crop vie
   background, after PAR: the pseudo-label Y that training uses;
 - ``mask``: DenseCRF on the seed scores.
 
+Rows with an OT step also report how the transport went (method.md §5): per image the
+row-marginal error, the column error, the iterations, convergence and whether a present
+class won no token of the posterior (seed collapse); their summary is ``ot`` in
+``reports/metrics/pseudo.json`` for every run, the per-image records are kept in
+``outputs/pseudo/ot_images.json`` (with ``ot.debug`` also every column's plan sum, prior b
+and argmax area, and the legacy column sums in ``ot_columns.json``).
+
 Every kind's background rule (``refine.bg_power``) is first chosen on ``data.tune_split``
 from ``refine.bg_grid`` (§5, §12: a refinement must beat a raw CAM calibrated as well);
 ``refine.calibrate: false`` keeps ``refine.bg_power``. All kinds are upsampled to the
@@ -48,6 +55,7 @@ GRID = Path("reports/figures/pseudo_grid.png")
 OUTPUTS = Path("outputs/pseudo")
 KINDS = ("cam", "seed", "mask")
 CHUNK = 16
+OT_IMAGES = "ot_images.json"
 
 
 def crf_params(cfg: Config) -> dict:
@@ -60,6 +68,50 @@ def to_probs(scores: torch.Tensor) -> np.ndarray:
     """(1 + C, H, W) scores (absent classes < 0) → probabilities for the CRF unary."""
     s = scores.clamp_min(0) + 1e-5 * (scores >= 0)
     return (s / s.sum(0, keepdim=True)).numpy()
+
+
+# ------------------------------------------------------------------------------ OT diagnostics
+
+def ot_records(tok: TokenScores, valid: torch.Tensor, names: list[str], debug: bool) -> dict[str, dict]:
+    """Per image, the OT plan's diagnostics (method.md §5) as JSON values; {} without an OT step.
+
+    ``area_gap`` is the mean over the valid columns of |argmax area − b_c|; ``empty_class``
+    whether a present class wins no token of the posterior. With ``debug`` the columns' plan
+    sums, prior b, argmax areas and empty flags too (background first, absent classes None)."""
+    if tok.ot is None:
+        return {}
+    d = {k: v.tolist() for k, v in tok.ot.items()}          # one host transfer per chunk
+    sums, keep = tok.column_sums.tolist(), valid.tolist()
+    out = {}
+    for j, name in enumerate(names):
+        cols = [c for c, ok in enumerate(keep[j]) if ok]
+        gap = sum(abs(d["argmax_area"][j][c] - d["prior"][j][c]) for c in cols) / len(cols)
+        rec = {"row_err": d["row_err"][j], "col_err": d["col_err"][j], "iters": d["problem_iters"][j],
+               "converged": d["converged"][j], "empty_class": any(d["empty"][j][c] for c in cols if c > 0),
+               "area_gap": gap}
+        if debug:
+            def per_column(values, digits=6):
+                return [(round(float(v), digits) if isinstance(v, float) else v) if ok else None
+                        for v, ok in zip(values, keep[j])]
+            rec.update(columns=per_column(sums[j]), prior=per_column(d["prior"][j]),
+                       argmax_area=per_column(d["argmax_area"][j]), empty=per_column(d["empty"][j]))
+        out[name] = rec
+    return out
+
+
+def ot_summary(records: list[dict], cfg: Config) -> dict | None:
+    """Summary of :func:`ot_records` over a split (``ot`` in pseudo.json); None without OT."""
+    if not records:
+        return None
+    row = np.array([r["row_err"] for r in records])
+    iters = np.array([r["iters"] for r in records])
+    return {"images": len(records), "tol": cfg.ot.tol, "max_iters": cfg.ot.max_iters,
+            "row_err_median": float(np.median(row)), "row_err_max": float(row.max()),
+            "col_err_max": float(max(r["col_err"] for r in records)),
+            "iters_median": float(np.median(iters)), "iters_max": int(iters.max()),
+            "not_converged": sum(not r["converged"] for r in records),
+            "empty_class_images": sum(bool(r["empty_class"]) for r in records),
+            "area_gap_mean": float(np.mean([r["area_gap"] for r in records]))}
 
 
 # ------------------------------------------------------------------------------ one chunk
@@ -185,10 +237,7 @@ def predict(cfg: Config, model, ext, chunk: Chunk, bg: dict, crf: bool, pool=Non
     cam = model.refine(None, None, valid, chunk.image, grid, tokens=toks["cam"], bg_power=bg["cam"])
     seed = model.refine(None, None, valid, chunk.image, grid, tokens=toks["seed"], bg_power=bg["seed"])
     out = {"cam": _at_image_size(cam.scores, chunk.raw), "seed": _at_image_size(seed.scores, chunk.raw)}
-    sums = toks["seed"].column_sums
-    if cfg.ot.debug and sums is not None:   # the plan's column sums per image: a collapse shows here
-        out["columns"] = [[round(float(v), 6) if ok else None for v, ok in zip(row, keep)]
-                          for row, keep in zip(sums.tolist(), valid.tolist())]
+    out["ot"] = ot_records(toks["seed"], valid, chunk.names, cfg.ot.debug)
     if crf:
         items = []
         for j, im in enumerate(chunk.raw):
@@ -220,7 +269,9 @@ def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict,
     n_cls = len(ext.spec.classes) + 1
     conf = {k: torch.zeros(n_cls, n_cls, dtype=torch.int64) for k in KINDS}
     figure: list = []
-    columns: dict[str, list] = {}
+    records: dict[str, dict] = {}       # OT diagnostics per image (kept next to the PNGs to resume)
+    if out is not None and (out / OT_IMAGES).exists():
+        records = json.loads((out / OT_IMAGES).read_text())
     task = bar.add_task("seeds and pseudo masks", total=len(names), info="") if bar is not None else None
     use_crf = cfg.eval.crf.enabled if crf is None else crf
     with (crf_pool(cfg.eval.workers) if use_crf else None) or nullcontext() as pool:
@@ -233,10 +284,12 @@ def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict,
             else:
                 chunk = load_chunk(cfg, ext, layout, sub, labels, ext.device)
                 preds, rows = predict(cfg, model, ext, chunk, bg, use_crf, pool, seed_fn)
-                columns.update(zip(sub, preds.pop("columns", [])))
+                records.update(preds.pop("ot"))
                 gts = chunk.gts
                 figure.extend(rows[:max(0, cfg.eval.grid_images - len(figure))])
                 if out is not None:
+                    if records:         # before the PNGs: a finished chunk always has its records
+                        write_json(out / OT_IMAGES, records)
                     for k, maps in preds.items():
                         for n, m in zip(sub, maps):
                             write_mask(out / k / f"{n}.png", np.asarray(m).astype(np.uint8))
@@ -244,8 +297,9 @@ def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict,
                 _add(conf[k], preds[k], gts)
             if bar is not None:
                 bar.update(task, advance=len(sub))
-    if columns and out is not None:
-        write_json(out / "ot_columns.json", columns)   # ot.debug: [background, class 1, ...] per image
+    records = {n: records[n] for n in names if n in records}
+    if cfg.ot.debug and out is not None and records:    # the plan's column sums: [background, class 1, ...]
+        write_json(out / "ot_columns.json", {n: r["columns"] for n, r in records.items() if "columns" in r})
     metrics: dict = {}
     ious = {}
     for k, c in conf.items():
@@ -257,6 +311,7 @@ def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict,
         for key in [k for k in metrics if k.startswith("mask_")]:
             metrics.pop(key)  # without DenseCRF it is the seed again
     metrics.update({f"bg_power_{k}": float(v) for k, v in bg.items() if k in ("cam", "seed")})
+    metrics["ot"] = ot_summary(list(records.values()), cfg)
     return metrics, ious, figure
 
 
@@ -288,8 +343,8 @@ def pseudo(cfg: Config, args=None) -> int:
                           "bg": {k: bg[k] for k in ("cam", "seed")}})
         stamp = out / "fingerprint.json"
         if stamp.exists() and json.loads(stamp.read_text()).get("fp") != fp:
-            for f in out.glob("*/*.png"):  # made by another model or params: start over
-                f.unlink()
+            for f in [*out.glob("*/*.png"), out / OT_IMAGES]:  # made by another model or params: start over
+                f.unlink(missing_ok=True)
         write_json(stamp, {"fp": fp})
         metrics, ious, figure = score_seeds(cfg, model, ext, layout, names, labels, out, bar, bg=bg)
         metrics.update(dataset=d.name, split=d.seed_split, images=len(names), ablation_row=cfg.ablation.row,
@@ -299,6 +354,7 @@ def pseudo(cfg: Config, args=None) -> int:
         save_grid(cfg.out(GRID), figure, figure_titles(cfg))
         table = iou_table(["background", *spec.classes], ious)
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float) and np.isfinite(v)})
+        run.log_metrics({f"ot_{k}": float(v) for k, v in (metrics["ot"] or {}).items() if np.isfinite(v)})
         run.log_artifact(cfg.out(GRID))
         run.log_text(table, "per_class_iou.md")
     console.print(table)
