@@ -265,10 +265,11 @@ class OTConfig:
     uniform | decoder | oracle (the ``areas`` ceiling only);
     ``readout``: posterior | colmax (v1); ``normalize``: class | image; ``score``: fixed |
     literal. ``reg_m`` is τ_m of the relaxed columns; ``tau`` the ``tempered`` prior's
-    temperature. ``debug``: ``dfa pseudo`` writes every image's plan diagnostics (column sums,
-    prior, argmax areas, row/column error, iterations, convergence, empty columns; background
-    first, absent classes null) to ``outputs/pseudo/ot_columns.json``, so a failure is visible.
-    Their summary goes into ``reports/metrics/pseudo.json`` (``ot``) in any case.
+    temperature. ``dfa pseudo`` keeps every image's row/column error, iterations, convergence
+    and empty-class flag in ``outputs/pseudo/ot_images.json`` and their summary in
+    ``reports/metrics/pseudo.json`` (``ot``); ``debug`` adds each column's plan sum, prior b,
+    argmax area and empty flag (background first, absent classes null) to those records and
+    the column sums alone to ``outputs/pseudo/ot_columns.json``, so a collapse is visible.
     """
     score: str = "fixed"
     formulation: str = "balanced"

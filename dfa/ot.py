@@ -498,7 +498,8 @@ def plan_diagnostics(plan: torch.Tensor, b: torch.Tensor, valid: torch.Tensor,
     col_rel = (col - b).abs() / b.clamp_min(torch.finfo(b.dtype).tiny)
     col_err = torch.where(balanced, col_rel, torch.zeros_like(col_rel)).amax(dim=-1)
     lab = plan.masked_fill(~valid[:, None, :], float("-inf")).argmax(dim=-1)        # (B, N)
-    area = torch.nn.functional.one_hot(lab, plan.shape[-1]).to(plan.dtype).mean(dim=-2) * valid
+    cols = torch.arange(plan.shape[-1], device=plan.device)
+    area = (lab[..., None] == cols).to(plan.dtype).mean(dim=-2) * valid    # not one_hot: it syncs on CUDA
     return {"row_err": row_err, "col_err": col_err, "prior": b, "argmax_area": area, "empty": valid & (area == 0)}
 
 
