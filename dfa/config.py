@@ -289,7 +289,8 @@ class OTConfig:
     def check(self) -> None:
         _choice("ot.score", self.score, ("fixed", "literal"))
         _choice("ot.formulation", self.formulation, ("balanced", "relaxed", "dustbin", "reweight"))
-        _choice("ot.prior", self.prior, ("cam_area", "cam_area_scaled", "softmax_sum", "tempered", "uniform", "decoder", "oracle"))
+        _choice("ot.prior", self.prior, ("cam_area", "cam_area_scaled", "softmax_sum", "tempered", "uniform",
+                                         "decoder", "oracle"))
         _choice("ot.readout", self.readout, ("posterior", "colmax"))
         _choice("ot.normalize", self.normalize, ("class", "image"))
         _range("ot.prior_mix", self.prior_mix, 0.0, 1.0)

@@ -395,5 +395,5 @@ class DFA(nn.Module):
                 {"params": self.decoder.parameters(), "lr": c.lr * c.decoder_lr_mult}]
 
 
-__all__ = ["DFA", "Decoder", "Affinities", "TokenScores", "OT_DIAGNOSTICS", "Refined", "decoder_areas", "gt_areas", "same_class",
-           "minmax_tokens"]
+__all__ = ["DFA", "Decoder", "Affinities", "TokenScores", "OT_DIAGNOSTICS", "Refined", "decoder_areas", "gt_areas",
+           "same_class", "minmax_tokens"]
