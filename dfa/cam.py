@@ -14,14 +14,18 @@ prompt. From them:
     prompts, then min-maxed again. Prompts absent from the image are stretched to [0, 1]
     too, so ``s_bg`` is high everywhere (≈ 0.74 on average on the 8×8 benchmark).
 
-``Ŝ = [s_bg | S]`` (B, N, 1 + C) is what propagation and optimal transport act on.
+``Ŝ = [s_bg | S]`` (B, N, 1 + C) is what propagation and optimal transport act on. Its
+token labels, :func:`cam_labels` (the argmax over background + present classes, as built
+here: S min-maxed per class, s_bg not rescaled), are the unrefined CAM's label rule: the
+raw-CAM row argmaxes exactly these scores (after upsampling and PAR), and OT's ``cam_area``
+prior counts their areas (method.md §1, §5).
 Tensors in, tensors out; float32.
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["BACKGROUNDS", "minmax_tokens", "foreground_scores", "background_score", "class_scores"]
+__all__ = ["BACKGROUNDS", "minmax_tokens", "foreground_scores", "background_score", "class_scores", "cam_labels"]
 
 BACKGROUNDS = ("residual", "prompts", "prompt_minmax")
 
@@ -73,3 +77,9 @@ def class_scores(cos: torch.Tensor, cos_bg: torch.Tensor, present: torch.Tensor,
     bg = background_score(cos, cos_bg, present, mode, logit_scale)
     valid = torch.cat([torch.ones_like(present[:, :1]), present], dim=1)
     return torch.cat([bg[..., None], s], dim=-1), valid
+
+
+def cam_labels(s_hat: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Token labels (B, N) of the unrefined CAM: argmax of Ŝ = [s_bg | S] over the valid
+    columns (ties to the lower index, as the raw-CAM row's argmax). method.md §1, §5."""
+    return s_hat.masked_fill(~valid.bool()[:, None, :], float("-inf")).argmax(dim=-1)

@@ -68,12 +68,19 @@ class TokenScores:
     """Scores on the token grid before upsampling: ``fg`` (B, N, C); ``bg`` (B, N) or None
     (then the background is ``1 − max fg`` after upsampling, the anchors' rule); ``m_r``
     (B, N, 1 + C) the refined CAM M_r = T / max_i T and ``posterior`` (B, N, 1 + C) the OT
-    posterior N·T, for figures (None outside the OT row); ``column_sums`` of the plan."""
+    posterior N·T, for figures (None outside the OT row); ``column_sums`` of the plan; ``ot``
+    the plan's per-image diagnostics (:data:`OT_DIAGNOSTICS`, method.md §5)."""
     fg: torch.Tensor
     bg: torch.Tensor | None = None
     m_r: torch.Tensor | None = None
     posterior: torch.Tensor | None = None
     column_sums: torch.Tensor | None = None
+    ot: dict | None = None
+
+
+# Per-image keys of the OT plan's diagnostics carried by TokenScores.ot (dfa.ot.plan_diagnostics,
+# and the solver's own per-problem iteration count and convergence).
+OT_DIAGNOSTICS = ("row_err", "col_err", "problem_iters", "converged", "prior", "argmax_area", "empty")
 
 
 @dataclass
@@ -221,15 +228,19 @@ class DFA(nn.Module):
         o_hat = normalize_scores(scoring_matrix(a_la, a_ha, s_hat, o.score, o.lambda_l, o.lambda_h), valid, o.normalize)
         if o.formulation == "reweight":
             return TokenScores(fg=reweight_scores(o_hat, valid, o.epsilon, o.max_iters, o.tol))
-        b = prior(prior_kind or o.prior, normalize_scores(s_hat, valid, o.normalize), valid, o.prior_mix, o.tau, areas)
+        kind = prior_kind or o.prior
+        # cam_area counts the raw CAM's own labels (cam_labels of Ŝ, §1); the others read Ŝ as O is scaled
+        scores = s_hat if kind in ("cam_area", "cam_area_scaled") else normalize_scores(s_hat, valid, o.normalize)
+        b = prior(kind, scores, valid, o.prior_mix, o.tau, areas, o.normalize)
         plan, info = transport(o_hat, b, valid, o.formulation, o.epsilon, o.reg_m, o.max_iters, o.tol,
                                return_info=True)
         m_r = readout(plan, valid, "colmax")
         post = readout(plan, valid, "posterior")
+        diag = {k: info[k] for k in OT_DIAGNOSTICS}
         if o.readout == "posterior":
             return TokenScores(fg=post[..., 1:], bg=post[..., 0], m_r=m_r, posterior=post,
-                               column_sums=info["column_sums"])
-        return TokenScores(fg=m_r[..., 1:], bg=None, m_r=m_r, posterior=post, column_sums=info["column_sums"])
+                               column_sums=info["column_sums"], ot=diag)
+        return TokenScores(fg=m_r[..., 1:], bg=None, m_r=m_r, posterior=post, column_sums=info["column_sums"], ot=diag)
 
     @torch.no_grad()
     def refine(self, aff: Affinities | None, s_hat: torch.Tensor, valid: torch.Tensor, image: torch.Tensor,
@@ -384,5 +395,5 @@ class DFA(nn.Module):
                 {"params": self.decoder.parameters(), "lr": c.lr * c.decoder_lr_mult}]
 
 
-__all__ = ["DFA", "Decoder", "Affinities", "TokenScores", "Refined", "decoder_areas", "gt_areas", "same_class",
-           "minmax_tokens"]
+__all__ = ["DFA", "Decoder", "Affinities", "TokenScores", "OT_DIAGNOSTICS", "Refined", "decoder_areas", "gt_areas",
+           "same_class", "minmax_tokens"]

@@ -5,7 +5,7 @@ both affinities:
 
 * :func:`scoring_matrix` — O (``ot.score``: ``fixed`` | ``literal``);
 * :func:`normalize_scores` — O scaled per column (``class``) or per image (``image``);
-* :func:`prior` — the column prior b (``ot.prior``: ``cam_area`` | ``softmax_sum`` |
+* :func:`prior` — the column prior b (``ot.prior``: ``cam_area`` | ``cam_area_scaled`` | ``softmax_sum`` |
   ``tempered`` | ``uniform`` | ``decoder`` | ``oracle``, mixed by ``ot.prior_mix``);
 * :func:`transport` — the plan T (``ot.formulation``: ``balanced`` | ``relaxed`` |
   ``dustbin``; ``reweight`` is :func:`reweight_scores`), rows exactly 1/N;
@@ -26,11 +26,14 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
+from .cam import cam_labels
+
 __all__ = ["FORMULATIONS", "PRIORS", "READOUTS", "NORMALIZE", "SCORES", "sinkhorn", "scoring_matrix",
-           "normalize_scores", "prior", "column_exponent", "transport", "readout", "reweight_scores"]
+           "normalize_scores", "prior", "column_exponent", "transport", "plan_diagnostics", "readout",
+           "reweight_scores"]
 
 FORMULATIONS = ("balanced", "relaxed", "dustbin", "reweight")
-PRIORS = ("cam_area", "softmax_sum", "tempered", "uniform", "decoder", "oracle")
+PRIORS = ("cam_area", "cam_area_scaled", "softmax_sum", "tempered", "uniform", "decoder", "oracle")
 READOUTS = ("posterior", "colmax")
 NORMALIZE = ("class", "image")
 SCORES = ("fixed", "literal")
@@ -121,7 +124,12 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon: floa
         max_iters: iteration cap (one iteration = one u and one v update).
         tol: marginal-error threshold.
         log_domain: force the log-domain solver (see above for the automatic switch).
-        return_info: also return ``dict(iters=int, err=float, log_domain=bool)``.
+        return_info: also return ``dict(iters=int, err=float, log_domain=bool)`` (the batch's
+            worst) and, per problem (shape ``...``), ``problem_err`` (its final marginal error),
+            ``problem_iters`` (the first checked iteration at which its own error was below
+            ``tol``, else the iterations run) and ``converged`` (final error < ``tol``; never
+            with ``tol <= 0``). They are kept on the device: no host sync beyond the stopping
+            rule's one per check.
         check_every: check the stopping rule every this many iterations.
         col_exponent: (..., C) φ per column in [0, 1]; None = all balanced. The stopping
             rule then counts the row error and the error of the balanced (φ = 1) columns.
@@ -186,27 +194,54 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilon: floa
     step = (max(1, _CHUNK_BYTES // max(1, 2 * n * c * flat.element_size())) if cost.device.type == "cpu"
             else max(1, flat.shape[0]))
     plan = torch.empty_like(flat)
-    iters, errs, use_log = 0, [], bool(log_domain)
+    p_err = flat.new_zeros(flat.shape[0])                          # per problem, on the device
+    p_iters = torch.zeros(flat.shape[0], dtype=torch.long, device=flat.device)
+    p_conv = torch.zeros(flat.shape[0], dtype=torch.bool, device=flat.device)
+    iters, use_log = 0, bool(log_domain)
     for i in range(0, flat.shape[0], step):
         j = slice(i, i + step)
-        _, it, e, lg = solve(flat[j] - fmin[j], fa[j], fb[j], None if fphi is None else fphi[j], out=plan[j])
+        _, it, p_err[j], p_iters[j], p_conv[j], lg = solve(flat[j] - fmin[j], fa[j], fb[j],
+                                                           None if fphi is None else fphi[j], out=plan[j])
         iters, use_log = max(iters, it), use_log or lg
-        errs.append(e)
-    err = max(errs, default=0.0) if max_iters > 0 else float("nan")   # no iteration: no error
+    err = _worst(p_err) if max_iters > 0 else float("nan")            # no iteration: no error
     plan = plan.reshape(cost.shape)
     if return_info:
-        return plan, {"iters": iters, "err": err, "log_domain": use_log}
+        return plan, {"iters": iters, "err": err, "log_domain": use_log, "problem_err": p_err.reshape(lead),
+                      "problem_iters": p_iters.reshape(lead), "converged": p_conv.reshape(lead)}
     return plan
 
 
 def _marginal_error(row: torch.Tensor, a: torch.Tensor, col: torch.Tensor,
-                    b: torch.Tensor, phi: Optional[torch.Tensor] = None) -> float:
-    """Worst-problem ``‖row − a‖₁ + ‖col − b‖₁`` (columns with φ < 1 are not constrained). method.md §5."""
+                    b: torch.Tensor, phi: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-problem ``‖row − a‖₁ + ‖col − b‖₁`` (...,) (columns with φ < 1 are not constrained).
+    method.md §5. A tensor, so tracking it costs no host sync; the stopping rule takes its max."""
     col_err = (col - b).abs()
     if phi is not None:
         col_err = col_err * (phi == 1)
-    err = (row - a).abs().sum(-1) + col_err.sum(-1)
+    return (row - a).abs().sum(-1) + col_err.sum(-1)
+
+
+def _worst(err: torch.Tensor) -> float:
+    """The batch's worst marginal error (one host sync)."""
     return float(err.max()) if err.numel() else 0.0
+
+
+class _Progress:
+    """Per-problem convergence bookkeeping of one block, on the device (no host sync).
+
+    ``done_at`` is the first checked iteration at which a problem's own error fell below
+    ``tol`` (0 = not yet): the iteration count it would have needed alone."""
+
+    def __init__(self, err_like: torch.Tensor):
+        self.done_at = torch.zeros(err_like.shape, dtype=torch.long, device=err_like.device)
+
+    def update(self, err: torch.Tensor, tol: float, iters: int) -> None:
+        self.done_at.masked_fill_((self.done_at == 0) & (err < tol), iters)
+
+    def result(self, err: torch.Tensor, tol: float, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(iterations used per problem, converged per problem: final error < tol)."""
+        used = torch.where(self.done_at > 0, self.done_at, torch.full_like(self.done_at, iters))
+        return used, err < tol
 
 
 def _sinkhorn_plain(cost, a, b, epsilon, max_iters, tol, check_every, out=None, phi=None):
@@ -232,6 +267,7 @@ def _sinkhorn_plain(cost, a, b, epsilon, max_iters, tol, check_every, out=None, 
     u = a / kv.clamp_min(tiny)
     ktu = kt_u(u)
     iters = 0
+    track = _Progress(a[..., 0])
     for iters in range(1, max_iters + 1):
         u = a / kv.clamp_min(tiny)
         ktu = kt_u(u)
@@ -240,11 +276,14 @@ def _sinkhorn_plain(cost, a, b, epsilon, max_iters, tol, check_every, out=None, 
             v = v.pow(phi)                                    # semi-relaxed / free columns
         kv = k_v(v)
         if tol > 0 and (iters % check_every == 0 or iters == max_iters):
-            if _marginal_error(u * kv, a, v * ktu, b, phi) < tol:
+            err = _marginal_error(u * kv, a, v * ktu, b, phi)
+            track.update(err, tol, iters)
+            if _worst(err) < tol:
                 break
-    err = _marginal_error(u * kv, a, v * ktu, b, phi) if max_iters > 0 else float("nan")
+    err = (_marginal_error(u * kv, a, v * ktu, b, phi) if max_iters > 0
+           else torch.full_like(a[..., 0], float("nan")))
     plan = torch.mul(kernel, u[..., :, None], out=out)        # T = diag(u) K diag(v), in place
-    return plan.mul_(v[..., None, :]), iters, err
+    return plan.mul_(v[..., None, :]), iters, err, *track.result(err, tol, iters)
 
 
 def _sinkhorn_log(cost, a, b, epsilon, max_iters, tol, check_every, out=None, phi=None):
@@ -261,6 +300,7 @@ def _sinkhorn_log(cost, a, b, epsilon, max_iters, tol, check_every, out=None, ph
     f = log_a - lse_row
     lse_col = torch.zeros_like(b)
     iters = 0
+    track = _Progress(a[..., 0])
     for iters in range(1, max_iters + 1):
         f = log_a - lse_row
         lse_col = torch.logsumexp(neg_t + f[..., None, :], dim=-1)
@@ -269,12 +309,14 @@ def _sinkhorn_log(cost, a, b, epsilon, max_iters, tol, check_every, out=None, ph
             g = torch.where(phi > 0, phi * g, torch.zeros_like(g))
         lse_row = torch.logsumexp(neg + g[..., None, :], dim=-1)
         if tol > 0 and (iters % check_every == 0 or iters == max_iters):
-            if _marginal_error((f + lse_row).exp(), a, (g + lse_col).exp(), b, phi) < tol:
+            err = _marginal_error((f + lse_row).exp(), a, (g + lse_col).exp(), b, phi)
+            track.update(err, tol, iters)
+            if _worst(err) < tol:
                 break
     err = (_marginal_error((f + lse_row).exp(), a, (g + lse_col).exp(), b, phi)
-           if max_iters > 0 else float("nan"))
+           if max_iters > 0 else torch.full_like(a[..., 0], float("nan")))
     plan = torch.exp(neg + f[..., :, None] + g[..., None, :], out=out)
-    return plan, iters, err
+    return plan, iters, err, *track.result(err, tol, iters)
 
 
 def _row_normalize(a: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -335,14 +377,18 @@ def _renormalize(b: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def prior(kind: str, scores: torch.Tensor, valid: torch.Tensor, mix: float = 0.2, tau: float = 0.1,
-          areas: Optional[torch.Tensor] = None) -> torch.Tensor:
+          areas: Optional[torch.Tensor] = None, normalize: str = "class") -> torch.Tensor:
     """Column prior b (B, C), summing to 1 over the valid columns. method.md §5 (``ot.prior``).
 
-    * ``cam_area`` (default): the share of tokens whose argmax over the valid columns of
-      ``scores`` (the unrefined [s_bg | S], put through the same scaling as O) is each
-      column, floored at 1/N, mixed with uniform by ``mix`` (``ot.prior_mix``), renormalised.
-      With the identity affinity and ``mix`` 0, balanced OT at ε → 0 then returns exactly
-      this argmax (the argmax assignment meets its own capacities, so it is the LP optimum).
+    * ``cam_area`` (the spec's): the share of tokens of each column in the unrefined CAM's
+      labels, :func:`dfa.cam.cam_labels` of ``scores`` = Ŝ = [s_bg | S] as §1 builds it (the
+      raw-CAM row's rule), floored at 1/N, mixed with uniform by ``mix`` (``ot.prior_mix``),
+      renormalised.
+    * ``cam_area_scaled`` (the rule before issue 17, kept so its numbers can be reproduced):
+      the same count on Ŝ first put through O's scaling (:func:`normalize_scores` with
+      ``normalize``), which also min-maxes s_bg. With ``normalize: class`` and the identity
+      affinity, balanced OT at ε → 0 returns exactly this argmax; it differs from the raw
+      CAM's labels wherever the stretched s_bg overtakes a class.
     * ``softmax_sum``: the paper's literal ``softmax_c(Σ_i Ŝ_ic)`` (nearly one-hot at N = 400).
     * ``tempered`` (v1): ``softmax_c(mean_i Ŝ_ic / τ)``.
     * ``uniform``.
@@ -355,9 +401,10 @@ def prior(kind: str, scores: torch.Tensor, valid: torch.Tensor, mix: float = 0.2
     vf = valid.to(scores.dtype)
     n = scores.shape[-2]
     uniform = vf / vf.sum(dim=-1, keepdim=True).clamp_min(1)
-    if kind in ("cam_area", "decoder"):
-        if kind == "cam_area":
-            lab = scores.masked_fill(~valid[:, None, :], float("-inf")).argmax(dim=-1)   # (B, N)
+    if kind in ("cam_area", "cam_area_scaled", "decoder"):
+        if kind != "decoder":
+            counted = normalize_scores(scores, valid, normalize) if kind == "cam_area_scaled" else scores
+            lab = cam_labels(counted, valid)                                            # (B, N)
             share = torch.nn.functional.one_hot(lab, scores.shape[-1]).to(scores.dtype).mean(dim=-2)
         else:
             if areas is None:
@@ -408,7 +455,7 @@ def transport(o_hat: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, formula
     Cost ``1 − Ô`` (Ô from :func:`normalize_scores`, in [0, 1]; ε is relative to that
     range), rows exactly 1/N, columns by ``formulation`` towards ``b``. Absent columns carry
     no mass. Runs in float32 under ``no_grad`` with autocast off. ``info`` adds the column
-    sums (B, C) so a collapse is visible (``ot.debug``).
+    sums (B, C) and :func:`plan_diagnostics` per image, so a failure is visible (``ot.debug``).
     """
     with torch.autocast(device_type=o_hat.device.type, enabled=False):
         o = o_hat.float()
@@ -420,8 +467,40 @@ def transport(o_hat: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, formula
         phi = None if formulation == "balanced" else column_exponent(formulation, valid, epsilon, reg_m)
         plan, info = sinkhorn(cost, a, b, epsilon, max_iters=max_iters, tol=tol, return_info=True,
                               col_exponent=phi)
+        info.update(plan_diagnostics(plan, b, valid, phi))
     info["column_sums"] = plan.sum(dim=-2)
     return (plan, info) if return_info else plan
+
+
+def plan_diagnostics(plan: torch.Tensor, b: torch.Tensor, valid: torch.Tensor,
+                     phi: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """Per image, what a plan with rows 1/N says about its own failure. method.md §5.
+
+    * ``row_err`` (B,): ``max_i |N·Σ_c T_ic − 1|``, the row marginal's relative error, the
+      one balanced Sinkhorn leaves when it stops early (its columns are met after every
+      iteration);
+    * ``col_err`` (B,): ``max_c |Σ_i T_ic − b_c| / b_c`` over the valid balanced columns
+      (φ = 1; relaxed columns are not constrained);
+    * ``prior`` (B, C): b as transported;
+    * ``argmax_area`` (B, C): the share of tokens whose posterior P = N·T has its argmax in
+      each valid column. Balanced columns always carry exactly b, so a collapse shows only
+      here: a column with mass b but no token it wins;
+    * ``empty`` (B, C) bool: valid columns that win no token (seed collapse when a present
+      class's).
+
+    Args: plan (B, N, C) with rows 1/N; b (B, C); valid (B, C); phi (B, C) or None (balanced).
+    """
+    valid = valid.bool()
+    n = plan.shape[-2]
+    row_err = (plan.sum(dim=-1) * n - 1.0).abs().amax(dim=-1)
+    col = plan.sum(dim=-2)
+    balanced = valid & (b > 0) if phi is None else valid & (b > 0) & (phi == 1)
+    col_rel = (col - b).abs() / b.clamp_min(torch.finfo(b.dtype).tiny)
+    col_err = torch.where(balanced, col_rel, torch.zeros_like(col_rel)).amax(dim=-1)
+    lab = plan.masked_fill(~valid[:, None, :], float("-inf")).argmax(dim=-1)        # (B, N)
+    cols = torch.arange(plan.shape[-1], device=plan.device)
+    area = (lab[..., None] == cols).to(plan.dtype).mean(dim=-2) * valid    # not one_hot: it syncs on CUDA
+    return {"row_err": row_err, "col_err": col_err, "prior": b, "argmax_area": area, "empty": valid & (area == 0)}
 
 
 def readout(plan: torch.Tensor, valid: torch.Tensor, mode: str = "posterior") -> torch.Tensor:

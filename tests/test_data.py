@@ -141,6 +141,36 @@ def test_synthetic_ignore_border_and_captions():
     assert synthetic.object_caption("cow", "grass") == "a photo of a cow on grass."
 
 
+# Smoke-size trees (SMOKE_OVERRIDES' counts; no pretrain split is needed to measure areas).
+SMOKE_TREE = dict(num_train_aug=48, num_train=16, num_tune=12, num_val=12, num_pretrain=0)
+SMALL_BOUND = 0.08    # median foreground share per image: the small tree's below, the default's above
+
+
+def test_small_object_tree_has_small_foreground(tmp_path):
+    """data.synthetic.object_scale: the small-object setting puts most images' foreground at a
+    few % of the image, the default's well above; only the small tree's marker records it."""
+    default, small = tmp_path / "default", tmp_path / "small"
+    synthetic.generate(default, seed=5, **SMOKE_TREE)
+    synthetic.generate(small, seed=5, object_scale=synthetic.SMALL_OBJECT_SCALE, **SMOKE_TREE)
+    fd = synthetic.foreground_fractions(default, "train_aug")
+    fs = synthetic.foreground_fractions(small, "train_aug")
+    assert len(fd) == len(fs) == 48 and (fs > 0).all()          # every small image still has an object
+    assert np.median(fs) < SMALL_BOUND < np.median(fd)
+    assert "object_scale" not in json.loads((default / ".complete").read_text())
+    assert json.loads((small / ".complete").read_text())["object_scale"] == list(synthetic.SMALL_OBJECT_SCALE)
+
+
+@pytest.mark.parametrize("scale", [[0.3, 0.1], [0.0, 0.5], [0.2, 1.5], [0.2, 0.2], [0.1]])
+def test_object_scale_is_validated(scale, tmp_path):
+    from dfa.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="data.synthetic.object_scale"):
+        load_config(None, [f"data.synthetic.object_scale={scale}"])
+    with pytest.raises(ValueError, match="object_scale"):
+        synthetic.generate(tmp_path / "bad", object_scale=scale, **SMALL)
+    assert load_config(None, ["data.synthetic.object_scale=[0.1, 1.0]"]).data.synthetic.object_scale == [0.1, 1.0]
+
+
 def test_synthetic_cooccurrence():
     # The preferred background shows up far above chance (1/5) for the first class.
     hits, n = 0, 120

@@ -254,7 +254,7 @@ def test_priors_sum_to_one_over_valid_columns_and_cam_area_counts_the_argmax():
     s = torch.rand(2, 40, 5, generator=g)
     valid = torch.tensor([[1, 1, 0, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     areas = torch.rand(2, 5, generator=g)
-    for kind in ("cam_area", "softmax_sum", "tempered", "uniform", "decoder", "oracle"):
+    for kind in ("cam_area", "cam_area_scaled", "softmax_sum", "tempered", "uniform", "decoder", "oracle"):
         b = prior(kind, s, valid, 0.2, 0.1, areas)
         torch.testing.assert_close(b.sum(-1), torch.ones(2))
         assert (b[~valid] == 0).all() and (b[valid] > 0).all()
@@ -269,19 +269,144 @@ def test_priors_sum_to_one_over_valid_columns_and_cam_area_counts_the_argmax():
     assert prior("softmax_sum", s * 0 + torch.linspace(0, 1, 5), valid)[1].max() > 0.99   # the paper's: one-hot at N = 40
 
 
+def _hand_built_cam(seed=5, b=3, n=48, c=4):
+    """Ŝ = [s_bg | S] built so that its argmax y is known by construction and every valid
+    column spans [0, 1], as §1's per-class min-max makes S (and s_bg = 1 − max S does when a
+    token has no class). Label columns score 0.55–0.95, the others 0.05–0.45; then one token of
+    each column's own label is set to 1 and one token of another label to 0 (neither changes y)."""
+    g = torch.Generator().manual_seed(seed)
+    valid = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)[:b]
+    y = torch.zeros(b, n, dtype=torch.long)
+    s_hat = torch.zeros(b, n, c)
+    for i in range(b):
+        cols = torch.nonzero(valid[i]).flatten()
+        y[i] = cols[torch.cat([torch.arange(len(cols)), torch.randint(len(cols), (n - len(cols),), generator=g)])]
+        low = 0.05 + 0.4 * torch.rand(n, len(cols), generator=g)
+        s_hat[i][:, cols] = low
+        s_hat[i, torch.arange(n), y[i]] = 0.55 + 0.4 * torch.rand(n, generator=g)
+        for col in cols.tolist():
+            s_hat[i, int(torch.nonzero(y[i] == col)[0]), col] = 1.0
+            s_hat[i, int(torch.nonzero(y[i] != col)[0]), col] = 0.0
+    return s_hat, valid, y
+
+
 def test_identity_affinity_balanced_ot_reproduces_the_raw_cam_argmax():
     """§5 property: identity affinity, prior cam_area, prior_mix 0, ε → 0: balanced OT returns
-    the unrefined CAM's argmax labels exactly (its own capacities make it the LP optimum)."""
-    g = torch.Generator().manual_seed(5)
-    b, n, c = 4, 64, 4
-    s_hat = torch.rand(b, n, c, generator=g)
-    valid = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 1, 1]], dtype=torch.bool)
+    the unrefined CAM's argmax labels exactly. The expectation is the label each token was built
+    with, not anything computed by dfa (normalize_scores must leave these columns as they are)."""
+    s_hat, valid, y = _hand_built_cam()
+    b, n, c = s_hat.shape
     eye = torch.eye(n).expand(b, n, n)
     o_hat = normalize_scores(scoring_matrix(eye, eye, s_hat, "fixed", 1.0, 0.1), valid, "class")
-    b_prior = prior("cam_area", normalize_scores(s_hat, valid, "class"), valid, 0.0)
+    b_prior = prior("cam_area", s_hat, valid, 0.0)
+    counts = torch.stack([torch.bincount(y[i], minlength=c) for i in range(b)]).float() / n
+    torch.testing.assert_close(b_prior, counts)                    # cam_area counts the raw CAM's labels
     plan = transport(o_hat, b_prior, valid, "balanced", epsilon=0.002, max_iters=20000, tol=1e-9)
-    want = normalize_scores(s_hat, valid, "class").masked_fill(~valid[:, None, :], -1).argmax(-1)
-    assert torch.equal(readout(plan, valid, "posterior").argmax(-1), want)
+    assert torch.equal(readout(plan, valid, "posterior").argmax(-1), y)
+
+
+def _minmax_per_class_numpy(s: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """method.md §5 ``ot.normalize: class`` from its words: each valid column min-maxed over the
+    image's tokens to [0, 1]; absent columns 0. s (B, N, C), valid (B, C)."""
+    out = np.zeros_like(s)
+    for i in range(s.shape[0]):
+        for c in np.flatnonzero(valid[i]):
+            col = s[i, :, c]
+            out[i, :, c] = (col - col.min()) / (col.max() - col.min())
+    return out
+
+
+def test_balanced_ot_follows_the_per_class_scaled_argmax():
+    """With columns of unequal ranges, the identity affinity, ``normalize: class`` and the
+    ``cam_area_scaled`` prior, balanced OT at ε → 0 returns the argmax of the per-class
+    min-maxed scores (the pre-issue-17 reading of the §5 property), built here in numpy."""
+    g = torch.Generator().manual_seed(11)
+    b, n, c = 3, 48, 4
+    valid = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    lo, span = torch.tensor([0.0, 0.3, 0.1, 0.5]), torch.tensor([0.35, 0.6, 0.9, 0.25])
+    s_hat = (lo + span * torch.rand(b, n, c, generator=g)) * valid[:, None, :]
+    scaled = _minmax_per_class_numpy(s_hat.numpy().astype(np.float64), valid.numpy())
+    want = np.where(valid.numpy()[:, None, :], scaled, -1.0).argmax(-1)
+    raw = np.where(valid.numpy()[:, None, :], s_hat.numpy(), -1.0).argmax(-1)
+    assert (want != raw).sum() >= 10                               # the scaling matters on this input
+    counts = np.stack([np.bincount(want[i], minlength=c) for i in range(b)])
+    assert (counts[valid.numpy()] > 0).all()                       # no 1/N floor: capacities are the counts
+    b_prior = prior("cam_area_scaled", s_hat, valid, 0.0, normalize="class")
+    torch.testing.assert_close(b_prior, torch.from_numpy(counts / n).float())
+    eye = torch.eye(n).expand(b, n, n)
+    o_hat = normalize_scores(scoring_matrix(eye, eye, s_hat, "fixed", 1.0, 0.1), valid, "class")
+    plan = transport(o_hat, b_prior, valid, "balanced", epsilon=0.002, max_iters=20000, tol=1e-9)
+    assert np.array_equal(readout(plan, valid, "posterior").argmax(-1).numpy(), want)
+
+
+@pytest.mark.parametrize("background", ["residual", "prompts"])
+def test_raw_cam_row_and_cam_area_prior_use_one_label_rule(background):
+    """The raw-CAM row (no affinity, background power 1, no PAR, read at token resolution)
+    labels every token cam_labels(Ŝ), and the cam_area prior counts exactly those labels;
+    the pre-issue-17 count on O-scaled scores (cam_area_scaled) differs on these inputs."""
+    from dfa.cam import cam_labels
+    from dfa.config import load_config
+    from dfa.model import DFA
+
+    cfg = load_config(None, ["clip.last_k=2", "decoder.width=16", "decoder.layers=1", "decoder.heads=2",
+                             "refine.par_iters=0", f"cam.background={background}"])
+    model = DFA(cfg, num_blocks=2, in_dim=12, num_classes=4).eval()
+    g = torch.Generator().manual_seed(13)
+    grid, b = (6, 6), 4
+    n = grid[0] * grid[1]
+    cos = 0.2 + 0.02 * torch.randn(b, n, 3, generator=g)       # a few logits apart: s_bg is not 0 or 1
+    cos_bg = 0.2 + 0.02 * torch.randn(b, n, 5, generator=g)
+    present = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 1, 1]], dtype=torch.bool)
+    s_hat, valid = model.class_scores(cos, cos_bg, present, 100.0)
+    tok = model.token_scores(None, s_hat, valid)
+    image = torch.zeros(b, 3, *grid)
+    labels = model.refine(None, s_hat, valid, image, grid, tokens=tok, bg_power=1.0).labels.flatten(1)
+    rule = cam_labels(s_hat, valid)
+    assert torch.equal(labels, rule)
+    want = torch.stack([torch.bincount(rule[i], minlength=4) for i in range(b)]).float() / n
+    want = want.clamp_min(1 / n) * valid
+    torch.testing.assert_close(prior("cam_area", s_hat, valid, 0.0), want / want.sum(-1, keepdim=True))
+    assert not torch.equal(prior("cam_area_scaled", s_hat, valid, 0.0), prior("cam_area", s_hat, valid, 0.0))
+
+
+def test_ot_reports_non_convergence_per_image():
+    """A problem that cannot converge within the cap says so (converged False, row error above
+    the tolerance, all iterations used) while an easy one in the same batch reports its own,
+    smaller iteration count; the columns are met either way, so column sums cannot show it."""
+    g = torch.Generator().manual_seed(21)
+    n, c = 40, 3
+    hard = torch.rand(n, c, generator=g)
+    easy = torch.full((n, c), 0.5)                                 # constant scores: one iteration
+    o_hat = torch.stack([hard, easy])
+    valid = _all_valid(2, c)
+    b = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.3, 0.5]])
+    tol = 1e-6
+    plan, info = transport(o_hat, b, valid, "balanced", epsilon=0.01, max_iters=5, tol=tol, return_info=True)
+    assert info["converged"].tolist() == [False, True]
+    assert info["problem_iters"].tolist() == [5, 1]
+    assert float(info["row_err"][0]) > tol and float(info["problem_err"][0]) > tol
+    assert float(info["row_err"][1]) < 1e-5
+    torch.testing.assert_close(info["column_sums"], b, atol=1e-6, rtol=0)   # b by construction
+    assert float(info["col_err"].max()) < 1e-4
+    _, done = transport(o_hat, b, valid, "balanced", epsilon=0.01, max_iters=5000, tol=tol, return_info=True)
+    assert bool(done["converged"].all()) and 5 < int(done["problem_iters"][0]) < 5000
+
+
+def test_ot_flags_a_present_class_that_wins_no_token():
+    """A prior that gives a present class almost no mass: its column still sums to b (balanced
+    OT hides it), but no token's posterior argmax is that class: the image is flagged."""
+    g = torch.Generator().manual_seed(22)
+    y = torch.arange(30) % 3                                       # every class owns 10 tokens
+    o_hat = (0.6 * torch.nn.functional.one_hot(y, 3) + 0.3 * torch.rand(30, 3, generator=g))[None]
+    valid = _all_valid(1, 3)
+    fair = torch.tensor([[1 / 3, 1 / 3, 1 / 3]])
+    starved = torch.tensor([[0.5, 0.5 - 1e-4, 1e-4]])
+    _, ok = transport(o_hat, fair, valid, "balanced", 0.1, max_iters=1000, return_info=True)
+    _, bad = transport(o_hat, starved, valid, "balanced", 0.1, max_iters=1000, return_info=True)
+    assert not bool(ok["empty"].any()) and float((ok["argmax_area"] - fair).abs().max()) < 0.05
+    torch.testing.assert_close(bad["column_sums"], starved, atol=1e-6, rtol=0)
+    assert bad["empty"][0].tolist() == [False, False, True]
+    assert float(bad["argmax_area"][0, 2]) == 0.0
 
 
 @pytest.mark.parametrize("tau_m", [0.05, 0.3, 2.0])

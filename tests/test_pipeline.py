@@ -34,6 +34,23 @@ def test_smoke_pipeline_end_to_end(smoke_workspace, dfa_cli, tmp_path):
     for sums in columns.values():
         kept = [v for v in sums if v is not None]
         assert sums[0] is not None and sum(kept) == pytest.approx(1.0, abs=1e-3)
+    # ... and how the transport went (method.md §5): per image in ot_images.json, summarised in pseudo.json
+    records = json.loads((ws / "smoke/outputs/pseudo/ot_images.json").read_text())
+    assert set(records) == set(columns)
+    for name, rec in records.items():
+        assert rec["columns"] == columns[name] and 1 <= rec["iters"] <= 100    # ot.max_iters
+        if rec["converged"]:      # L1 marginal error < tol = 1e-6 over 64 tokens: relative row error < 64e-6
+            assert rec["row_err"] < 64e-6 + 1e-7
+        else:
+            assert rec["iters"] == 100
+        present = [c for c, v in enumerate(rec["prior"]) if v is not None]
+        assert rec["empty_class"] == any(rec["argmax_area"][c] == 0 for c in present if c > 0)
+        assert sum(rec["argmax_area"][c] for c in present) == pytest.approx(1.0, abs=1e-6)
+    ot = pseudo["ot"]
+    assert ot["images"] == pseudo["images"] and ot["max_iters"] == 100
+    assert ot["row_err_max"] == pytest.approx(max(r["row_err"] for r in records.values()))
+    assert ot["not_converged"] == sum(not r["converged"] for r in records.values())
+    assert ot["empty_class_images"] == sum(r["empty_class"] for r in records.values())
     ev = json.loads((ws / "smoke/reports/metrics/eval.json").read_text())
     per_class = [v for v in ev["per_class_iou"].values() if v is not None]
     assert sum(per_class) / len(per_class) == pytest.approx(ev["seg_crf_miou"], abs=1e-6)
@@ -48,7 +65,8 @@ def test_smoke_pipeline_end_to_end(smoke_workspace, dfa_cli, tmp_path):
     before = {p: p.stat().st_mtime_ns for p in (ws / "smoke/outputs/pseudo/mask").glob("*.png")}
     dfa_cli(ws, "pseudo", "--smoke", "-S", "tracking.enabled=false", *debug)
     assert {p: p.stat().st_mtime_ns for p in before} == before
-    assert json.loads((ws / "smoke/reports/metrics/pseudo.json").read_text())["seed_miou"] == pseudo["seed_miou"]
+    again = json.loads((ws / "smoke/reports/metrics/pseudo.json").read_text())
+    assert again["seed_miou"] == pseudo["seed_miou"] and again["ot"] == pseudo["ot"]   # the OT summary resumes too
     # the oracle prior is refused outside the areas ceiling
     proc = dfa_cli(ws, "pseudo", "--smoke", "-S", "tracking.enabled=false", "-S", "ot.prior=oracle", check=False)
     assert proc.returncode == 2 and "areas ceiling" in proc.stderr

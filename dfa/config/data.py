@@ -21,6 +21,9 @@ class SyntheticConfig:
     num_pretrain: int = 4000
     size_range: list[int] = field(default_factory=lambda: [64, 112])
     variant: str = "base"   # base | alt: the second benchmark (other classes, shapes, sizes; issue 11)
+    # Object size (equivalent diameter) as a fraction of the image's short side, drawn uniformly
+    # in [lo, hi]; the small-object benchmark (make ablation-table-small) uses [0.1, 0.3].
+    object_scale: list[float] = field(default_factory=lambda: [0.12, 0.7])
 
 
 @dataclass
@@ -46,6 +49,10 @@ class DataConfig:
     def check(self) -> None:
         _choice("data.name", self.name, ("synthetic", "voc", "coco", "custom"))
         _choice("data.synthetic.variant", self.synthetic.variant, ("base", "alt"))
+        scale = self.synthetic.object_scale
+        if len(scale) != 2 or not 0 < scale[0] < scale[1] <= 1:
+            raise ConfigError(f"data.synthetic.object_scale: need [lo, hi] with 0 < lo < hi <= 1 "
+                              f"(fractions of the image's short side), got {scale}")
         _positive("data.crop_size", self.crop_size)
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise ConfigError(f"data.scale_range: need [low, high] with 0 < low <= high, got {self.scale_range}")

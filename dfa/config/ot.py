@@ -11,11 +11,15 @@ class OTConfig:
     """Frequency-guided CAM generation by optimal transport (method.md §5, v2).
 
     ``formulation``: balanced | relaxed | dustbin | reweight; ``prior``: cam_area |
-    softmax_sum | tempered | uniform | decoder | oracle (the ``areas`` ceiling only);
+    cam_area_scaled (the pre-issue-17 count on O-scaled scores) | softmax_sum | tempered |
+    uniform | decoder | oracle (the ``areas`` ceiling only);
     ``readout``: posterior | colmax (v1); ``normalize``: class | image; ``score``: fixed |
     literal. ``reg_m`` is τ_m of the relaxed columns; ``tau`` the ``tempered`` prior's
-    temperature. ``debug``: ``dfa pseudo`` writes every image's plan column sums (background
-    first, absent classes null) to ``outputs/pseudo/ot_columns.json``, so a collapse is visible.
+    temperature. ``dfa pseudo`` keeps every image's row/column error, iterations, convergence
+    and empty-class flag in ``outputs/pseudo/ot_images.json`` and their summary in
+    ``reports/metrics/pseudo.json`` (``ot``); ``debug`` adds each column's plan sum, prior b,
+    argmax area and empty flag (background first, absent classes null) to those records and
+    the column sums alone to ``outputs/pseudo/ot_columns.json``, so a collapse is visible.
     """
     score: str = "fixed"
     formulation: str = "balanced"
@@ -35,7 +39,8 @@ class OTConfig:
     def check(self) -> None:
         _choice("ot.score", self.score, ("fixed", "literal"))
         _choice("ot.formulation", self.formulation, ("balanced", "relaxed", "dustbin", "reweight"))
-        _choice("ot.prior", self.prior, ("cam_area", "softmax_sum", "tempered", "uniform", "decoder", "oracle"))
+        _choice("ot.prior", self.prior, ("cam_area", "cam_area_scaled", "softmax_sum", "tempered", "uniform",
+                                         "decoder", "oracle"))
         _choice("ot.readout", self.readout, ("posterior", "colmax"))
         _choice("ot.normalize", self.normalize, ("class", "image"))
         _range("ot.prior_mix", self.prior_mix, 0.0, 1.0)

@@ -6,6 +6,11 @@ lights the part and affinity must spread it over the body (partial activation). 
 class prefers one textured background (co-occurrence); outlines are irregular polygons
 with thin spikes, several instances overlap, and sizes vary widely (boundaries).
 
+``object_scale`` [lo, hi] draws each object's size (equivalent diameter) uniformly as that
+fraction of the image's short side: :data:`OBJECT_SCALE` (0.12–0.7) by default, and
+:data:`SMALL_OBJECT_SCALE` for the benchmark of small objects (method.md §12 v3), where most
+objects cover a few % of the image, as many VOC images do.
+
 ``generate(root)`` writes::
 
     JPEGImages/syn_000001.jpg ...          (quality 95, H, W each uniform in size_range)
@@ -37,10 +42,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from dfa.data.classes import ClassSpec, write_class_spec
-from dfa.data.io import write_mask
+from dfa.data.io import read_mask, write_mask
 from dfa.io import atomic_path, save_image, write_json, write_text
 
 GENERATOR_VERSION = 1  # bump when the images change, so old trees are regenerated
+OBJECT_SCALE = (0.12, 0.7)        # object size / the image's short side: the default trees
+SMALL_OBJECT_SCALE = (0.1, 0.3)   # the small-object benchmark (make ablation-table-small)
 
 CLASSES = ["boat", "fish", "bird", "kite", "car", "cow", "lamp", "bottle"]
 SYNONYMS = {"boat": ["ship"], "fish": ["trout"], "bird": ["gull"], "kite": ["glider"],
@@ -401,8 +408,12 @@ def _ignore_band(mask: np.ndarray, width: int) -> np.ndarray:
 
 
 def make_sample(seed: int, index: int, size_range: tuple[int, int] = (64, 112),
-                ignore_border: int = 0, variant: str = "base") -> tuple[np.ndarray, np.ndarray, dict]:
-    """Image ``index`` of the benchmark: (uint8 HxWx3, uint8 HxW mask, annotation entry)."""
+                ignore_border: int = 0, variant: str = "base",
+                object_scale: tuple[float, float] = OBJECT_SCALE) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Image ``index`` of the benchmark: (uint8 HxWx3, uint8 HxW mask, annotation entry).
+
+    ``object_scale`` (lo, hi): each object's equivalent diameter is drawn uniformly in
+    [lo, hi] × the image's short side (shrunk if it does not fit, see below)."""
     fam = FAMILIES[variant]
     rng = np.random.default_rng([seed, index])
     h = int(rng.integers(size_range[0], size_range[1] + 1))
@@ -416,7 +427,7 @@ def make_sample(seed: int, index: int, size_range: tuple[int, int] = (64, 112),
     n_vis_part: list[int] = []
     short = min(h, w)
     for cls in inst:
-        size = short * rng.uniform(0.12, 0.7)
+        size = short * rng.uniform(*object_scale)
         for _ in range(8):  # rejection: keep every object's body and part mostly visible
             margin = min(size * 0.4, short / 2)
             o = _draw_object(rng, cls, rng.uniform(margin, w - margin), rng.uniform(margin, h - margin), size, fam)
@@ -446,7 +457,7 @@ def make_sample(seed: int, index: int, size_range: tuple[int, int] = (64, 112),
         o["cls"], o["material"] = cls, str(rng.choice(MATERIALS))
         placed.append(o)
     if not placed:  # practically never; a different stream keeps the sample deterministic
-        return make_sample(seed + 1_000_003, index, size_range, ignore_border, variant)
+        return make_sample(seed + 1_000_003, index, size_range, ignore_border, variant, object_scale)
 
     objects = []
     for k, o in enumerate(placed, 1):
@@ -478,6 +489,29 @@ def make_sample(seed: int, index: int, size_range: tuple[int, int] = (64, 112),
     return image, mask, {"background": bg, "objects": objects}
 
 
+def check_object_scale(scale) -> tuple[float, float]:
+    """``object_scale`` as a (lo, hi) tuple of floats; ValueError unless 0 < lo < hi <= 1."""
+    try:
+        lo, hi = (float(v) for v in scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"object_scale must be [lo, hi], got {scale!r}") from None
+    if not 0 < lo < hi <= 1:
+        raise ValueError(f"object_scale must have 0 < lo < hi <= 1 (fractions of the short side), got {list(scale)}")
+    return lo, hi
+
+
+def foreground_fractions(root: str | Path, split: str) -> np.ndarray:
+    """Per image of ``split`` in a generated tree: the share of its pixels that are foreground
+    (label 1..254; the ignore band 255 counts as neither). For the small-object benchmark."""
+    root = Path(root)
+    names = (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+    out = []
+    for name in names:
+        m = read_mask(root / "SegmentationClassAug" / f"{name}.png")
+        out.append(float(((m > 0) & (m < 255)).sum()) / m.size)
+    return np.array(out)
+
+
 def label_vector(mask: np.ndarray, num_fg: int = len(CLASSES)) -> np.ndarray:
     """float32 (num_fg,) multi-hot of the classes visible in a generated mask."""
     vec = np.zeros(num_fg, np.float32)
@@ -490,10 +524,12 @@ def label_vector(mask: np.ndarray, num_fg: int = len(CLASSES)) -> np.ndarray:
 def generate(root: str | Path, *, seed: int = 0, num_train_aug: int = 3000, num_train: int = 300,
              num_tune: int | None = None, num_val: int = 300, num_pretrain: int = 4000,
              size_range: tuple[int, int] = (64, 112), ignore_border: int = 0, variant: str = "base",
+             object_scale: tuple[float, float] = OBJECT_SCALE,
              progress: Callable[[int], None] | None = None) -> None:
     """Write the benchmark into ``root`` (idempotent: skipped if ``.complete`` matches).
 
-    ``num_tune`` None: as many as ``train`` (§12), as far as ``train_aug`` has room."""
+    ``num_tune`` None: as many as ``train`` (§12), as far as ``train_aug`` has room.
+    ``object_scale``: see :func:`make_sample`; 0 < lo < hi <= 1."""
     if num_tune is None:
         num_tune = max(0, min(num_train, num_train_aug - num_train))
     if not 1 <= num_train <= num_train_aug or num_val < 1 or num_pretrain < 0:
@@ -503,12 +539,15 @@ def generate(root: str | Path, *, seed: int = 0, num_train_aug: int = 3000, num_
                          f"{num_train} + {num_tune} > {num_train_aug}")
     if not 16 <= size_range[0] <= size_range[1]:
         raise ValueError(f"size_range must be 16 <= lo <= hi, got {size_range}")
+    object_scale = check_object_scale(object_scale)
     root = Path(root)
     params = {"version": GENERATOR_VERSION, "seed": seed, "num_train_aug": num_train_aug,
               "num_train": num_train, "num_tune": num_tune, "num_val": num_val, "num_pretrain": num_pretrain,
               "size_range": [int(size_range[0]), int(size_range[1])], "ignore_border": ignore_border}
     if variant != "base":  # the base tree's marker stays as it was (no regeneration)
         params["variant"] = variant
+    if object_scale != OBJECT_SCALE:  # likewise: the default trees' markers are unchanged
+        params["object_scale"] = list(object_scale)
     if variant not in FAMILIES:
         raise ValueError(f"unknown synthetic variant {variant!r}; expected one of {sorted(FAMILIES)}")
     marker = root / ".complete"
@@ -541,7 +580,7 @@ def generate(root: str | Path, *, seed: int = 0, num_train_aug: int = 3000, num_
             for _ in range(n):
                 index += 1
                 name = f"syn_{index:06d}"
-                image, mask, entry = make_sample(seed, index, size_range, ignore_border, variant)
+                image, mask, entry = make_sample(seed, index, size_range, ignore_border, variant, object_scale)
                 pending.append(pool.submit(write, name, image, mask))
                 while len(pending) > 64:  # bound memory; surfaces write errors early
                     pending.popleft().result()

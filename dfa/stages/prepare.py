@@ -31,6 +31,7 @@ def prepare(cfg: Config, args=None) -> int:
                 synthetic.generate(root, seed=s.seed, num_train_aug=s.num_train_aug, num_train=s.num_train,
                                    num_tune=s.num_tune, num_val=s.num_val, num_pretrain=s.num_pretrain,
                                    size_range=tuple(s.size_range), variant=s.variant,
+                                   object_scale=tuple(s.object_scale),
                                    progress=lambda n: bar.update(task, advance=n))
         elif cfg.data.name == "voc" and cfg.data.download and not download.voc_ready(root):
             with progress() as bar, data_errors():

@@ -8,6 +8,13 @@ For each image of ``data.seed_split`` (VOC: train, 1,464 images) at the crop vie
   background, after PAR: the pseudo-label Y that training uses;
 - ``mask``: DenseCRF on the seed scores.
 
+Rows with an OT step also report how the transport went (method.md §5): per image the
+row-marginal error, the column error, the iterations, convergence and whether a present
+class won no token of the posterior (seed collapse); their summary is ``ot`` in
+``reports/metrics/pseudo.json`` for every run, the per-image records are kept in
+``outputs/pseudo/ot_images.json`` (with ``ot.debug`` also every column's plan sum, prior b
+and argmax area, and the legacy column sums in ``ot_columns.json``).
+
 Every kind's background rule (``refine.bg_power``) is first chosen on ``data.tune_split``
 from ``refine.bg_grid`` (§5, §12: a refinement must beat a raw CAM calibrated as well);
 ``refine.calibrate: false`` keeps ``refine.bg_power``. All kinds are upsampled to the
@@ -30,7 +37,7 @@ from dfa.features_cache import file_digest, fingerprint
 from dfa.io import write_json
 from dfa.stages.common import class_spec, console, data_errors, layout_of, limit, progress, setup, write_metrics
 from dfa.stages.report import iou_table, save_grid
-from dfa.stages.seeds import calibrate, score_seeds
+from dfa.stages.seeds import OT_IMAGES, calibrate, score_seeds
 from dfa.stages.training import load_trained
 from dfa.stages.views import extractor
 from dfa.tracking import stage_run
@@ -68,8 +75,8 @@ def pseudo(cfg: Config, args=None) -> int:
                           "bg": {k: bg[k] for k in ("cam", "seed")}})
         stamp = out / "fingerprint.json"
         if stamp.exists() and json.loads(stamp.read_text()).get("fp") != fp:
-            for f in out.glob("*/*.png"):  # made by another model or params: start over
-                f.unlink()
+            for f in [*out.glob("*/*.png"), out / OT_IMAGES]:  # made by another model or params: start over
+                f.unlink(missing_ok=True)
         write_json(stamp, {"fp": fp})
         metrics, ious, figure = score_seeds(cfg, model, ext, layout, names, labels, out, bar, bg=bg)
         metrics.update(dataset=d.name, split=d.seed_split, images=len(names), ablation_row=cfg.ablation.row,
@@ -79,6 +86,7 @@ def pseudo(cfg: Config, args=None) -> int:
         save_grid(cfg.out(GRID), figure, figure_titles(cfg))
         table = iou_table(["background", *spec.classes], ious)
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float) and np.isfinite(v)})
+        run.log_metrics({f"ot_{k}": float(v) for k, v in (metrics["ot"] or {}).items() if np.isfinite(v)})
         run.log_artifact(cfg.out(GRID))
         run.log_text(table, "per_class_iou.md")
     console.print(table)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dfa.backbone.clip import TINY_NAME
-from dfa.config import Config
+from dfa.config import Config, SyntheticConfig
 from dfa.data.layout import DataError, Layout
 from dfa.errors import WorkbenchError
 from dfa.features_cache import read_index
@@ -47,6 +47,7 @@ def _data(cfg: Config) -> tuple[Missing | None, list[str] | None]:
         except (OSError, ValueError):
             return Missing(make, f"{root}: synthetic benchmark incomplete (no {marker.name})"), None
         want = cfg.data.synthetic.__dict__
+        made.setdefault("object_scale", SyntheticConfig().object_scale)   # default trees: not in the marker
         other = sorted(k for k in want if k in made and made[k] != want[k])
         if other:
             return Missing(make, f"{root}: synthetic benchmark was generated with other params "

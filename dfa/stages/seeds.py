@@ -9,6 +9,7 @@ truth at each image's size (one accumulated confusion matrix per kind) and write
 """
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +32,57 @@ from dfa.stages.views import normalise, square_mask, square_view
 
 KINDS = ("cam", "seed", "mask")
 CHUNK = 16
+OT_IMAGES = "ot_images.json"   # per-image OT diagnostics, next to the PNGs (resumable)
 
 
 def to_probs(scores: torch.Tensor) -> np.ndarray:
     """(1 + C, H, W) scores (absent classes < 0) → probabilities for the CRF unary."""
     s = scores.clamp_min(0) + 1e-5 * (scores >= 0)
     return (s / s.sum(0, keepdim=True)).numpy()
+
+
+# ------------------------------------------------------------------------------ OT diagnostics
+
+def ot_records(tok: TokenScores, valid: torch.Tensor, names: list[str], debug: bool) -> dict[str, dict]:
+    """Per image, the OT plan's diagnostics (method.md §5) as JSON values; {} without an OT step.
+
+    ``area_gap`` is the mean over the valid columns of |argmax area − b_c|; ``empty_class``
+    whether a present class wins no token of the posterior. With ``debug`` the columns' plan
+    sums, prior b, argmax areas and empty flags too (background first, absent classes None)."""
+    if tok.ot is None:
+        return {}
+    d = {k: v.tolist() for k, v in tok.ot.items()}          # one host transfer per chunk
+    sums, keep = tok.column_sums.tolist(), valid.tolist()
+    out = {}
+    for j, name in enumerate(names):
+        cols = [c for c, ok in enumerate(keep[j]) if ok]
+        gap = sum(abs(d["argmax_area"][j][c] - d["prior"][j][c]) for c in cols) / len(cols)
+        rec = {"row_err": d["row_err"][j], "col_err": d["col_err"][j], "iters": d["problem_iters"][j],
+               "converged": d["converged"][j], "empty_class": any(d["empty"][j][c] for c in cols if c > 0),
+               "area_gap": gap}
+        if debug:
+            def per_column(values, digits=6):
+                return [(round(float(v), digits) if isinstance(v, float) else v) if ok else None
+                        for v, ok in zip(values, keep[j])]
+            rec.update(columns=per_column(sums[j]), prior=per_column(d["prior"][j]),
+                       argmax_area=per_column(d["argmax_area"][j]), empty=per_column(d["empty"][j]))
+        out[name] = rec
+    return out
+
+
+def ot_summary(records: list[dict], cfg: Config) -> dict | None:
+    """Summary of :func:`ot_records` over a split (``ot`` in pseudo.json); None without OT."""
+    if not records:
+        return None
+    row = np.array([r["row_err"] for r in records])
+    iters = np.array([r["iters"] for r in records])
+    return {"images": len(records), "tol": cfg.ot.tol, "max_iters": cfg.ot.max_iters,
+            "row_err_median": float(np.median(row)), "row_err_max": float(row.max()),
+            "col_err_max": float(max(r["col_err"] for r in records)),
+            "iters_median": float(np.median(iters)), "iters_max": int(iters.max()),
+            "not_converged": sum(not r["converged"] for r in records),
+            "empty_class_images": sum(bool(r["empty_class"]) for r in records),
+            "area_gap_mean": float(np.mean([r["area_gap"] for r in records]))}
 
 
 # ------------------------------------------------------------------------------ one chunk
@@ -142,10 +188,7 @@ def predict(cfg: Config, model, ext, chunk: Chunk, bg: dict, crf: bool, pool=Non
     cam = model.refine(None, None, valid, chunk.image, grid, tokens=toks["cam"], bg_power=bg["cam"])
     seed = model.refine(None, None, valid, chunk.image, grid, tokens=toks["seed"], bg_power=bg["seed"])
     out = {"cam": labels_at_image_size(cam.scores, chunk.raw), "seed": labels_at_image_size(seed.scores, chunk.raw)}
-    sums = toks["seed"].column_sums
-    if cfg.ot.debug and sums is not None:   # the plan's column sums per image: a collapse shows here
-        out["columns"] = [[round(float(v), 6) if ok else None for v, ok in zip(row, keep)]
-                          for row, keep in zip(sums.tolist(), valid.tolist())]
+    out["ot"] = ot_records(toks["seed"], valid, chunk.names, cfg.ot.debug)
     if crf:
         items = []
         for j, im in enumerate(chunk.raw):
@@ -177,7 +220,9 @@ def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict,
     n_cls = len(ext.spec.classes) + 1
     conf = {k: torch.zeros(n_cls, n_cls, dtype=torch.int64) for k in KINDS}
     figure: list = []
-    columns: dict[str, list] = {}
+    records: dict[str, dict] = {}       # OT diagnostics per image (kept next to the PNGs to resume)
+    if out is not None and (out / OT_IMAGES).exists():
+        records = json.loads((out / OT_IMAGES).read_text())
     task = bar.add_task("seeds and pseudo masks", total=len(names), info="") if bar is not None else None
     use_crf = cfg.eval.crf.enabled if crf is None else crf
     with (crf_pool(cfg.eval.workers) if use_crf else None) or nullcontext() as pool:
@@ -190,10 +235,12 @@ def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict,
             else:
                 chunk = load_chunk(cfg, ext, layout, sub, labels, ext.device)
                 preds, rows = predict(cfg, model, ext, chunk, bg, use_crf, pool, seed_fn)
-                columns.update(zip(sub, preds.pop("columns", [])))
+                records.update(preds.pop("ot"))
                 gts = chunk.gts
                 figure.extend(rows[:max(0, cfg.eval.grid_images - len(figure))])
                 if out is not None:
+                    if records:         # before the PNGs: a finished chunk always has its records
+                        write_json(out / OT_IMAGES, records)
                     for k, maps in preds.items():
                         for n, m in zip(sub, maps):
                             write_mask(out / k / f"{n}.png", np.asarray(m).astype(np.uint8))
@@ -201,8 +248,9 @@ def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict,
                 add_confusion(conf[k], preds[k], gts)
             if bar is not None:
                 bar.update(task, advance=len(sub))
-    if columns and out is not None:
-        write_json(out / "ot_columns.json", columns)   # ot.debug: [background, class 1, ...] per image
+    records = {n: records[n] for n in names if n in records}
+    if cfg.ot.debug and out is not None and records:    # the plan's column sums: [background, class 1, ...]
+        write_json(out / "ot_columns.json", {n: r["columns"] for n, r in records.items() if "columns" in r})
     metrics: dict = {}
     ious = {}
     for k, c in conf.items():
@@ -214,4 +262,5 @@ def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict,
         for key in [k for k in metrics if k.startswith("mask_")]:
             metrics.pop(key)  # without DenseCRF it is the seed again
     metrics.update({f"bg_power_{k}": float(v) for k, v in bg.items() if k in ("cam", "seed")})
+    metrics["ot"] = ot_summary(list(records.values()), cfg)
     return metrics, ious, figure
