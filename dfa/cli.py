@@ -61,8 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="comma-separated ceiling rows: teacher,labels,areas,grid (default all; '' none)")
             p.add_argument("--name", default=None,
                            help="report name: reports/NAME.{md,csv}, reports/figures/NAME.png (default ablation)")
+            p.add_argument("--references", default=None,
+                           help="reference rows: comma-separated cam,features,untrained (the trained rows with "
+                                "their heads at init, k-init; default all three)")
             p.add_argument("--no-references", action="store_true",
-                           help="leave out the raw-CAM and features reference rows")
+                           help="leave out every reference row (raw CAM, features, untrained heads)")
             p.add_argument("--decoder-rows", default="4",
                            help="rows whose trained cells also score their decoder on the eval split "
                                 "(multi-scale + flip; ~100 s a cell on 2 cores): comma-separated rows, "

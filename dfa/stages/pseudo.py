@@ -8,6 +8,10 @@ For each image of ``data.seed_split`` (VOC: train, 1,464 images) at the crop vie
   background, after PAR: the pseudo-label Y that training uses;
 - ``mask``: DenseCRF on the seed scores.
 
+A row that trains a head also reports ``head_shift`` (§6 v3): how far its Sinkhorn-normalised
+affinity moved from the same heads untrained, over the seed split (computed here, where the
+split's features are already extracted, not in ``dfa train``).
+
 Every kind's background rule (``refine.bg_power``) is first chosen on ``data.tune_split``
 from ``refine.bg_grid`` (§5, §12: a refinement must beat a raw CAM calibrated as well);
 ``refine.calibrate: false`` keeps ``refine.bg_power``. All kinds are upsampled to the
@@ -28,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from dfa.config import Config
+from dfa.affinity import head_shift
 from dfa.crf import crf_labels, crf_pool
 from dfa.data.dataset import load_labels
 from dfa.data.io import read_image, read_mask, write_mask
@@ -120,9 +125,24 @@ def chunk_tokens(cfg: Config, model, ext, chunk: Chunk, seed_fn=None,
                              "(ablation.ceiling=areas), never on a reported split otherwise")
     elif kind == "decoder":
         areas = decoder_areas(model.segment(f.tokens, f.grid), valid)
-    aff = model.affinities(f.attn, f.grid, tokens=f.tokens)
+    aff = model.affinities(f.attn, f.grid, tokens=f.tokens, heads=f.heads)
     out["seed"] = model.token_scores(aff, s_hat, valid, areas, prior_kind)
     return out, valid
+
+
+@torch.no_grad()
+def chunk_shift(model, ref, chunk: Chunk) -> dict[str, torch.Tensor]:
+    """``head_shift`` per image (§6 v3): the row's Sinkhorn-normalised affinities against the
+    same heads untrained (``ref``, :meth:`dfa.model.DFA.untrained`)."""
+    f = chunk.feats
+    now, init = (m.row_affinities(m.affinities(f.attn, f.grid, tokens=f.tokens, heads=f.heads)) for m in (model, ref))
+    return {k: head_shift(now[k], init[k]) for k in now}
+
+
+def shift_reference(cfg: Config, model):
+    """The model's heads at their initialisation when the row trains one (L_a or L_r), else None."""
+    ab = cfg.ablation
+    return model.untrained() if (ab.align or ab.rectify) and ab.ceiling != "grid" else None
 
 
 def _at_image_size(scores: torch.Tensor, raw: list[np.ndarray]) -> list[np.ndarray]:
@@ -212,15 +232,19 @@ def predict(cfg: Config, model, ext, chunk: Chunk, bg: dict, crf: bool, pool=Non
 
 
 def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict, out: Path | None = None,
-                bar=None, crf: bool | None = None, bg: dict | None = None, seed_fn=None) -> tuple[dict, dict, list]:
+                bar=None, crf: bool | None = None, bg: dict | None = None, seed_fn=None,
+                shift_ref=None) -> tuple[dict, dict, list]:
     """mIoU (percent) and error shares of cam / seed / mask over ``names``; PNGs under ``out``
     (resumable). ``bg``: the background power per kind (from :func:`calibrate`; default
-    ``refine.bg_power``). Returns (metrics, per-class IoU per kind, figure rows)."""
+    ``refine.bg_power``). ``shift_ref``: the heads untrained (:func:`shift_reference`); then
+    the metrics carry ``head_shift`` (and ``head_shift_ha``), means over ``names`` (§6 v3).
+    Returns (metrics, per-class IoU per kind, figure rows)."""
     bg = bg or {"cam": cfg.refine.bg_power, "seed": cfg.refine.bg_power}
     n_cls = len(ext.spec.classes) + 1
     conf = {k: torch.zeros(n_cls, n_cls, dtype=torch.int64) for k in KINDS}
     figure: list = []
     columns: dict[str, list] = {}
+    shifts: dict[str, list] = {}
     task = bar.add_task("seeds and pseudo masks", total=len(names), info="") if bar is not None else None
     use_crf = cfg.eval.crf.enabled if crf is None else crf
     with (crf_pool(cfg.eval.workers) if use_crf else None) or nullcontext() as pool:
@@ -230,6 +254,7 @@ def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict,
                 with data_errors():
                     preds = {k: [read_mask(out / k / f"{n}.png") for n in sub] for k in KINDS}
                     gts = [read_mask(layout.mask_path(n)) for n in sub]
+                chunk = load_chunk(cfg, ext, layout, sub, labels, ext.device) if shift_ref is not None else None
             else:
                 chunk = load_chunk(cfg, ext, layout, sub, labels, ext.device)
                 preds, rows = predict(cfg, model, ext, chunk, bg, use_crf, pool, seed_fn)
@@ -242,6 +267,9 @@ def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict,
                             write_mask(out / k / f"{n}.png", np.asarray(m).astype(np.uint8))
             for k in KINDS:
                 _add(conf[k], preds[k], gts)
+            if shift_ref is not None:
+                for k, v in chunk_shift(model, shift_ref, chunk).items():
+                    shifts.setdefault(k, []).extend(v.tolist())
             if bar is not None:
                 bar.update(task, advance=len(sub))
     if columns and out is not None:
@@ -257,6 +285,7 @@ def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict,
         for key in [k for k in metrics if k.startswith("mask_")]:
             metrics.pop(key)  # without DenseCRF it is the seed again
     metrics.update({f"bg_power_{k}": float(v) for k, v in bg.items() if k in ("cam", "seed")})
+    metrics.update({k: float(np.mean(v)) for k, v in shifts.items()})
     return metrics, ious, figure
 
 
@@ -291,7 +320,8 @@ def pseudo(cfg: Config, args=None) -> int:
             for f in out.glob("*/*.png"):  # made by another model or params: start over
                 f.unlink()
         write_json(stamp, {"fp": fp})
-        metrics, ious, figure = score_seeds(cfg, model, ext, layout, names, labels, out, bar, bg=bg)
+        metrics, ious, figure = score_seeds(cfg, model, ext, layout, names, labels, out, bar, bg=bg,
+                                            shift_ref=shift_reference(cfg, model))
         metrics.update(dataset=d.name, split=d.seed_split, images=len(names), ablation_row=cfg.ablation.row,
                        ceiling=cfg.ablation.ceiling, calibrated_on=d.tune_split if cfg.refine.calibrate else None,
                        tune_miou={k: {str(p): round(v, 2) for p, v in t.items()} for k, t in bg["table"].items()})
