@@ -10,7 +10,9 @@ params.yaml options: ``affinity.inverse`` (``spatial`` | ``operator``), ``affini
 ``attention`` | ``random``), ``affinity.square`` (square the symmetrised affinity before
 propagation, default on), ``frequency.ratio`` / ``frequency.box_rule`` / ``frequency.box``
 (the low-frequency box of the ``spatial`` inverse, §3, §10), ``affinity.head``
-(``pointwise`` as §2 | ``bilinear``: one more input channel, a learned token relation).
+(``pointwise`` as §2 | ``bilinear``: one more input channel, a learned token relation),
+``affinity.channels`` (``layers``: the K layer maps | ``heads``: every head, K·H maps, §2 v3;
+:func:`renormalize_heads`). :func:`head_shift` is §6 v3's measure of how far a head moved.
 """
 from __future__ import annotations
 
