@@ -298,8 +298,17 @@ def commit_label() -> str:
     return commit + (" (with uncommitted changes)" if commit != "unknown" and git_dirty() else "")
 
 
-def _cell(mean: float, std: float, digits: int = 1) -> str:
-    return "—" if not math.isfinite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _cell(mean: float, std: float, fmt: str = ".1f") -> str:
+    return "—" if not math.isfinite(mean) else f"{mean:{fmt}} ± {std:{fmt}}"
+
+
+def csv_text(df) -> str:
+    """The CSV: 3 decimals, but 4 significant digits for the head shifts (small numbers: a shift of
+    5e-4 is not 0)."""
+    out = df.copy()
+    for col in (f"{k}_{s}" for k in SHIFTS for s in ("mean", "std")):
+        out[col] = [f"{v:.4g}" if _finite(v) else "" for v in out[col]]
+    return out.to_csv(index=False, float_format="%.3f")
 
 
 def outputs(name: str) -> tuple[Path, Path, Path]:
@@ -317,8 +326,8 @@ def markdown(df, cfg: Config, args, seeds: list[int], wall_s: float, fig: Path =
         lines.append(f"| {r.label} | {r.affinity} | {r.combination} | {_cell(r.seed_miou_mean, r.seed_miou_std)} | "
                      f"{_cell(r.mask_miou_mean, r.mask_miou_std)} | {_cell(r.seg_miou_mean, r.seg_miou_std)} | "
                      f"{r.missed_fg:.1f} | {r.wrong_class:.1f} | {r.spill_bg:.1f} | {r.bg_power:.3g} | "
-                     f"{_cell(r.head_shift_mean, r.head_shift_std, 3)} | "
-                     f"{_cell(r.head_shift_ha_mean, r.head_shift_ha_std, 3)} | {paper} |")
+                     f"{_cell(r.head_shift_mean, r.head_shift_std, '.2g')} | "
+                     f"{_cell(r.head_shift_ha_mean, r.head_shift_ha_std, '.2g')} | {paper} |")
     return (f"# Ablation (method.md §7, §11, §12) on {cfg.data.name}\n\n"
             f"- command: `{command_line(args)}`\n"
             f"- date: {when}; wall time {wall_s / 60:.1f} min\n"
@@ -411,7 +420,7 @@ def ablation(cfg: Config, args) -> int:
         wall = time.perf_counter() - t0
         df = pd.DataFrame(results, columns=COLUMNS)
         md, csv, fig = (cfg.out(p) for p in outputs(getattr(args, "name", None) or "ablation"))  # smoke/ with --smoke
-        write_text(csv, df.to_csv(index=False, float_format="%.3f"))
+        write_text(csv, csv_text(df))
         figure(df, fig, cfg.data.name)
         write_text(md, markdown(df, cfg, args, seeds, wall, fig))
         parent.log_metrics({"wall_s": wall})
