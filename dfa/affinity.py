@@ -10,7 +10,9 @@ params.yaml options: ``affinity.inverse`` (``spatial`` | ``operator``), ``affini
 ``attention`` | ``random``), ``affinity.square`` (square the symmetrised affinity before
 propagation, default on), ``frequency.ratio`` / ``frequency.box_rule`` / ``frequency.box``
 (the low-frequency box of the ``spatial`` inverse, §3, §10), ``affinity.head``
-(``pointwise`` as §2 | ``bilinear``: one more input channel, a learned token relation).
+(``pointwise`` as §2 | ``bilinear``: one more input channel, a learned token relation),
+``affinity.channels`` (``layers``: the K layer maps | ``heads``: every head, K·H maps, §2 v3;
+:func:`renormalize_heads`). :func:`head_shift` is §6 v3's measure of how far a head moved.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from .frequency import low_pass
 
 __all__ = [
     "renormalize_rows",
+    "renormalize_heads",
+    "head_shift",
     "inverse_attention",
     "spectral_inverse_literal",
     "AffinityHead",
@@ -50,6 +54,23 @@ def renormalize_rows(w: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
         (..., N, N), each row summing to 1.
     """
     return w / w.sum(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def renormalize_heads(heads: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Per-head attention rescaled by its layer's row sum, so the head mean is the §1 layer map. method.md §1, §2 (v3).
+
+    ``affinity.channels: heads`` feeds every head as a channel. §1 renormalises each layer's
+    head-mean map to rows of sum 1 after the CLS column is dropped. Dividing every head of a
+    layer by that layer's row sums (not by its own) keeps this: the mean over a layer's heads
+    is exactly :func:`renormalize_rows` of the head mean, so a head that averages its
+    channels sees what the ``layers`` head sees, and the heads keep their relative mass.
+
+    Args:
+        heads: (..., K, H, N, N) per-head attention without the CLS row and column.
+    Returns:
+        (..., K, H, N, N); the mean over H has rows summing to 1.
+    """
+    return heads / heads.mean(dim=-3, keepdim=True).sum(dim=-1, keepdim=True).clamp_min(eps)
 
 
 def inverse_attention(w: torch.Tensor, mode: str = "spatial", ratio: float = 0.25,
@@ -259,3 +280,24 @@ def feature_affinity(tokens: torch.Tensor, temperature: float = 0.1) -> torch.Te
     cos = t @ t.transpose(-1, -2)
     cos = cos - cos.mean(dim=(-2, -1), keepdim=True)
     return torch.softmax(cos / temperature, dim=-1)
+
+
+def head_shift(trained: torch.Tensor, untrained: torch.Tensor) -> torch.Tensor:
+    """How far a learned affinity moved from its untrained version, per image. method.md §6 (v3, ``head_shift``).
+
+    ``mean_ij |A_trained − A_untrained| / mean_ij A_untrained`` over one image's N² entries,
+    for the Sinkhorn-normalised affinity a row uses (A_la for row 2, Norm(A_la ⊙ A_ha) for
+    row 3, A_la and A_ha for row 4), with the same heads at their initialisation as
+    ``untrained``. A split's value is the mean over its images. ≈ 0: the row measures the
+    untrained attention, whatever its label says.
+
+    Args:
+        trained, untrained: (B, N, N).
+    Returns:
+        (B,) ≥ 0.
+    """
+    if trained.shape != untrained.shape:
+        raise ValueError(f"head_shift needs two affinities of one shape, got {tuple(trained.shape)} "
+                         f"and {tuple(untrained.shape)}")
+    dims = (-2, -1)
+    return (trained - untrained).abs().mean(dims) / untrained.mean(dims).clamp_min(1e-12)

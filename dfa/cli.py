@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="worker processes on the study (PostgreSQL search.storage for more than a few)")
             p.add_argument("--prepare", action="store_true",
                            help="run the missing prepare / pretrain-clip / cache stages before the study")
+            p.add_argument("--rescore", type=int, default=0, metavar="TOP_N",
+                           help="after the trials, re-train the top N complete trials and the params' own setting "
+                                "over --rescore-seeds and score them on all of tune (method.md §12 v3)")
+            p.add_argument("--rescore-seeds", default="0,1,2", help="seeds of --rescore (default 0,1,2)")
         if name == "ablation":
             p.add_argument("--rows", default="0,1,2,3,4", help="comma-separated rows")
             p.add_argument("--seeds", default=None, help="comma-separated seeds (default ablation.seeds)")
@@ -61,8 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="comma-separated ceiling rows: teacher,labels,areas,grid (default all; '' none)")
             p.add_argument("--name", default=None,
                            help="report name: reports/NAME.{md,csv}, reports/figures/NAME.png (default ablation)")
+            p.add_argument("--references", default=None,
+                           help="reference rows: comma-separated cam,features,untrained (the trained rows with "
+                                "their heads at init, k-init; default all three)")
             p.add_argument("--no-references", action="store_true",
-                           help="leave out the raw-CAM and features reference rows")
+                           help="leave out every reference row (raw CAM, features, untrained heads)")
             p.add_argument("--decoder-rows", default="4",
                            help="rows whose trained cells also score their decoder on the eval split "
                                 "(multi-scale + flip; ~100 s a cell on 2 cores): comma-separated rows, "

@@ -5,6 +5,8 @@ Layout under ``cache.dir``::
     index.json                 fingerprint, shapes, the shard list (written last, atomically)
     shard_00000/tokens.npy     (V, L, N, D) float16   decoder input tokens
     shard_00000/attn.npy       (V, K, N, N) float16   last-K attention (CLS dropped)
+                 or heads.npy  (V, K, H, N, N) float16  every head's, for ``affinity.channels: heads``
+                                                          (the layer maps are their mean, not stored)
     shard_00000/cos.npy        (V, N, C)   float16   raw token-class cosines
     shard_00000/cos_bg.npy     (V, N, P)   float16   raw token-prompt cosines (P background prompts)
     shard_00000/image.npy      (V, H, W, 3) uint8    the view's pixels (for PAR)
@@ -33,6 +35,11 @@ from dfa.io import write_json
 
 ARRAYS = ("tokens", "attn", "cos", "cos_bg", "image", "label", "mask")
 FORMAT = 2  # 1: min-maxed S and one background score; 2: raw cosines + the view's mask
+
+
+def arrays(per_head: bool) -> tuple[str, ...]:
+    """The arrays of a shard: per-head attention (``heads``) in place of ``attn`` when ``per_head``."""
+    return tuple("heads" if k == "attn" and per_head else k for k in ARRAYS)
 
 
 def file_digest(path: str | Path | None) -> str:
@@ -79,7 +86,7 @@ class CacheWriter:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)  # a shard not in the index is a leftover
         tmp.mkdir(parents=True)
-        for key in ARRAYS:
+        for key in arrays:
             np.save(tmp / f"{key}.npy", arrays[key])
         (tmp / "names.json").write_text(json.dumps(names))
         for f in tmp.iterdir():
@@ -118,7 +125,8 @@ class CachedViews:
             raise WorkbenchError(f"{self.root}: feature cache was made with other params or another backbone "
                                  f"(fingerprint {index['fingerprint']} != {fp}); run `dfa cache` to rebuild it")
         self.meta = index["meta"]
-        self.shards = [{k: np.load(self.root / s["dir"] / f"{k}.npy", mmap_mode="r") for k in ARRAYS}
+        self.keys = arrays(bool(self.meta.get("per_head")))
+        self.shards = [{k: np.load(self.root / s["dir"] / f"{k}.npy", mmap_mode="r") for k in self.keys}
                        for s in index["shards"]]
         self.names = [n for s in index["shards"] for n in s["names"]]
         self.views_per_image = int(self.meta["views_per_image"])
@@ -132,10 +140,10 @@ class CachedViews:
         return self.shards[s], i - int(self.offsets[s])
 
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        out: dict[str, list] = {k: [] for k in ARRAYS}
+        out: dict[str, list] = {k: [] for k in self.keys}
         for i in indices:
             shard, j = self.locate(int(i))
-            for k in ARRAYS:
+            for k in self.keys:
                 out[k].append(np.asarray(shard[k][j]))
         return {k: torch.from_numpy(np.stack(v)) for k, v in out.items()}
 

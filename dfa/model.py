@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfa.affinity import AffinityHead, TokenRelation, inverse_attention, renormalize_rows, sinkhorn_normalize, square, symmetrize
+from dfa.affinity import (AffinityHead, TokenRelation, inverse_attention, renormalize_heads, renormalize_rows,
+                          sinkhorn_normalize, square, symmetrize)
 from dfa.cam import class_scores, minmax_tokens
 from dfa.config import Config, bf16_autocast
 from dfa.frequency import box_width, relation, split_frequencies
@@ -115,14 +116,18 @@ def same_class(labels: torch.Tensor, ignore_index: int = 255) -> tuple[torch.Ten
 
 
 class DFA(nn.Module):
-    """Affinity heads + decoder. ``num_classes`` includes background."""
+    """Affinity heads + decoder. ``num_classes`` includes background; ``num_heads`` H, the
+    backbone's attention heads, is needed for ``affinity.channels: heads`` only."""
 
-    def __init__(self, cfg: Config, num_blocks: int, in_dim: int, num_classes: int):
+    def __init__(self, cfg: Config, num_blocks: int, in_dim: int, num_classes: int, num_heads: int | None = None):
         super().__init__()
         self.cfg = cfg
         self.num_classes = num_classes
-        k = cfg.clip.last_k
-        extra = 1 if cfg.affinity.head == "bilinear" else 0   # the token-relation channel, after the K maps
+        self.num_blocks, self.in_dim, self.num_heads = num_blocks, in_dim, num_heads
+        if self.uses_heads and not num_heads:
+            raise ValueError("affinity.channels=heads needs the backbone's head count: DFA(..., num_heads=H)")
+        k = cfg.clip.last_k * (num_heads if self.uses_heads else 1)   # the heads' attention channels
+        extra = 1 if cfg.affinity.head == "bilinear" else 0   # the token-relation channel, after the maps
         self.head_s = AffinityHead(k + extra, cfg.affinity.hidden)
         self.head_inv = AffinityHead(k + extra, cfg.affinity.hidden)
         self.rel_s = self.rel_inv = None
@@ -144,6 +149,26 @@ class DFA(nn.Module):
         # starts, dfa.stages.train; ``refine.bg_power`` until then); saved with the weights.
         self.register_buffer("train_bg_power", torch.tensor(float(cfg.refine.bg_power)))
 
+    @property
+    def uses_heads(self) -> bool:
+        """Whether the heads read every attention head (``affinity.channels: heads``, §2 v3).
+
+        Only a head that trains can use the extra channels; in a row where none trains
+        (rows 0-1: no L_a, no L_r) the heads read the K layer maps, so those rows are the
+        same, bit for bit, under both options (§2: "rows 0 and 1 do not change")."""
+        ab = self.cfg.ablation
+        return self.cfg.affinity.channels == "heads" and (ab.align or ab.rectify)
+
+    def untrained(self) -> "DFA":
+        """A fresh model of the same shape and seed: the heads at their initialisation (the
+        reference of ``head_shift``, §6 v3). With ``affinity.head_init: mean`` the heads'
+        initial maps do not depend on the seed at all; the seed makes other inits repeatable."""
+        device = next(self.parameters()).device
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed)
+            fresh = DFA(self.cfg, self.num_blocks, self.in_dim, self.num_classes, self.num_heads)
+        return fresh.to(device).eval()
+
     # ----------------------------------------------------------------- §10 sizes
     def sizes(self, grid: tuple[int, int]) -> dict[str, tuple[int, int]]:
         """Per-axis sizes on this grid: ``auto`` → the §10 rule, a number in tokens wins."""
@@ -160,16 +185,18 @@ class DFA(nn.Module):
 
     # ----------------------------------------------------------------- §2 affinities
     def affinities(self, attn: torch.Tensor, grid: tuple[int, int], trained: bool = True,
-                   tokens: torch.Tensor | None = None) -> Affinities:
+                   tokens: torch.Tensor | None = None, heads: torch.Tensor | None = None) -> Affinities:
         """attn (B, K, N, N) head-mean attention of the last K blocks, CLS dropped; ``tokens``
         (B, L, N, D) the frozen blocks' patch tokens (needed by ``affinity.head: bilinear``,
-        whose heads also see a learned relation of the last block's tokens).
+        whose heads also see a learned relation of the last block's tokens); ``heads``
+        (B, K, H, N, N) every head's attention, CLS dropped (needed when :attr:`uses_heads`).
 
-        Rows are renormalised to sum 1 first (``affinity.renorm_rows``, §1 v2). The heads see
-        attention rescaled so its mean entry is 1 at any N: the A_s head log(N·W) with
-        ``head_init`` ``mean``/``attention`` (it then starts as the geometric layer mean of
-        the attention), else N·W; the inverse head N·W_inv. ``trained=False`` or an
-        untrained-A_s row gives A_s = Norm(mean_K W), the anchors' attention affinity.
+        Rows are renormalised to sum 1 first (``affinity.renorm_rows``, §1 v2; per head by the
+        layer's row sums, :func:`~dfa.affinity.renormalize_heads`). The heads see attention
+        rescaled so its mean entry is 1 at any N: the A_s head log(N·W) with ``head_init``
+        ``mean``/``attention`` (it then starts as the geometric mean of its channels), else
+        N·W; the inverse head N·W_inv. ``trained=False`` or an untrained-A_s row gives
+        A_s = Norm(mean_K W), the anchors' attention affinity.
         """
         a, ab = self.cfg.affinity, self.cfg.ablation
         n = attn.shape[-1]
@@ -178,20 +205,42 @@ class DFA(nn.Module):
             attn = renormalize_rows(attn)
         if a.head == "bilinear" and tokens is None:
             raise ValueError("affinity.head=bilinear needs the patch tokens: affinities(attn, grid, tokens=...)")
+        maps = attn                                            # what the heads read: (B, K or K·H, N, N)
+        if self.uses_heads:
+            if heads is None:
+                raise ValueError("affinity.channels=heads needs the per-head attention: affinities(..., heads=...)")
+            maps = heads.float()
+            maps = (renormalize_heads(maps) if a.renorm_rows else maps).flatten(1, 2)
 
         def with_relation(x: torch.Tensor, rel) -> torch.Tensor:
             return x if rel is None else torch.cat([x, rel(tokens[:, -1])], dim=1)
         if trained and ab.learned_s:
-            x = torch.log((attn * n).clamp_min(1e-4)) if a.head_init in ("mean", "attention") else attn * n
+            x = torch.log((maps * n).clamp_min(1e-4)) if a.head_init in ("mean", "attention") else maps * n
             s_raw = symmetrize(self.head_s(with_relation(x, self.rel_s)))
         else:
             s_raw = attn.mean(1)
         inv_raw = inv = None
         if ab.use_inverse:
-            w_inv = inverse_attention(attn, mode=a.inverse, grid=grid, **self._box(grid))
+            w_inv = inverse_attention(maps, mode=a.inverse, grid=grid, **self._box(grid))
             inv_raw = symmetrize(self.head_inv(with_relation(w_inv * n, self.rel_inv)))
             inv = sinkhorn_normalize(inv_raw, a.sinkhorn_rounds)
         return Affinities(s_raw, sinkhorn_normalize(s_raw, a.sinkhorn_rounds), inv_raw, inv)
+
+    def row_affinities(self, aff: Affinities) -> dict[str, torch.Tensor]:
+        """The Sinkhorn-normalised affinities this row propagates with, by ``head_shift`` name
+        (§6 v3): ``head_shift`` the E(⊙) rows' Norm(A_s ⊙ A_inv) (A_la alone for row 2, the
+        product for row 3) or the OT row's A_la; ``head_shift_ha`` A_ha alone, where the
+        inverse head trains (``ablation.rectify``). Before the squaring of §2."""
+        ab, rounds = self.cfg.ablation, self.cfg.affinity.sinkhorn_rounds
+        out = {}
+        if ab.combination == "product":
+            affs = [aff.s_raw] + ([aff.inv_raw] if aff.inv_raw is not None else [])
+            out["head_shift"] = product_affinity(affs, rounds, square=False)
+        else:
+            out["head_shift"] = aff.s
+        if ab.rectify and aff.inv is not None:
+            out["head_shift_ha"] = aff.inv
+        return out
 
     # ----------------------------------------------------------------- §1 class scores
     def class_scores(self, cos: torch.Tensor, cos_bg: torch.Tensor, present: torch.Tensor,

@@ -153,3 +153,34 @@ def test_affinity_head_equals_conv_form():
     x = torch.randn(2, 4, 6, 6)
     ref = torch.sigmoid(head.fc2(head.act(head.fc1(x)))).squeeze(1)
     torch.testing.assert_close(head(x), ref, atol=1e-6, rtol=1e-5)
+
+
+def test_per_head_renormalisation_keeps_the_layer_map_as_the_head_mean():
+    """§1 per head (``affinity.channels: heads``): the mean over a layer's heads is the layer's
+    renormalised map, so a head that averages its channels sees what the ``layers`` head sees;
+    a per-head renormalisation (each head to sum 1) would not."""
+    from dfa.affinity import renormalize_heads, renormalize_rows
+    g = torch.Generator().manual_seed(4)
+    full = torch.softmax(torch.randn(2, 3, 4, 13, 13, generator=g) * 3, -1)   # (B, K, H, 1 + N, 1 + N)
+    heads = full[..., 1:, 1:]
+    out = renormalize_heads(heads)
+    layer = renormalize_rows(heads.mean(2))
+    torch.testing.assert_close(out.mean(2), layer, atol=1e-6, rtol=0)
+    torch.testing.assert_close(layer.sum(-1), torch.ones(2, 3, 12))
+    assert not torch.allclose(renormalize_rows(heads).mean(2), layer, atol=1e-3)
+    assert not torch.allclose(out.sum(-1), torch.ones(2, 3, 4, 12), atol=1e-3)   # single heads keep their mass
+
+
+def test_head_shift_is_relative_and_zero_only_without_change():
+    from dfa.affinity import head_shift
+    g = torch.Generator().manual_seed(5)
+    a = sinkhorn_normalize(torch.rand(3, 10, 10, generator=g) + 0.1)
+    assert torch.equal(head_shift(a, a), torch.zeros(3))
+    b = sinkhorn_normalize(torch.rand(3, 10, 10, generator=g) + 0.1)
+    s = head_shift(b, a)
+    assert s.shape == (3,) and (s > 0).all()
+    torch.testing.assert_close(head_shift(7 * b, 7 * a), s)                 # relative to the untrained mean
+    torch.testing.assert_close(head_shift(1.5 * a, a), torch.full((3,), 0.5))
+    with pytest.raises(ValueError, match="one shape"):
+        head_shift(a, a[:, :5])
+

@@ -55,6 +55,23 @@ def test_attention_rows_sum_below_one_after_dropping_cls():
     assert torch.all(sums <= 1 + 1e-5) and torch.all(sums > 0)
 
 
+def test_per_head_attention_is_what_the_layer_map_averages():
+    """``affinity.channels: heads`` (§2 v3): every head of every kept block, CLS dropped; asking for
+    them leaves the layer maps (and so rows 0-1) bit for bit as they were."""
+    clip = tiny(last_k=2)
+    x = torch.randn(2, 3, 40, 24)
+    plain, both = clip(x), clip(x, heads=True)
+    assert plain.heads is None and both.heads.shape == (2, 2, clip.num_heads, 15, 15) and clip.num_heads == 2
+    assert torch.equal(plain.attn, both.attn)
+    torch.testing.assert_close(both.heads.mean(2), both.attn, atol=1e-7, rtol=0)
+    assert not torch.allclose(both.heads[:, :, 0], both.heads[:, :, 1])      # the heads differ
+    spec = VOC_SPEC
+    ext = DenseExtractor(clip, spec, ["a photo of a {}."], heads=True)
+    f = ext(x)
+    assert f.heads.shape == (2, 2, 2, 15, 15) and f.to("cpu").heads.shape == f.heads.shape
+    assert DenseExtractor(clip, spec, ["a photo of a {}."])(x).heads is None
+
+
 def test_block_outputs_match_open_clip_forward():
     """Our block-by-block pass (explicit attention in the last K blocks) equals open_clip's."""
     clip = tiny("raw", last_k=3)

@@ -55,6 +55,7 @@ STAGE_HELPERS = {
     "dfa.stages.search_space",     # search space files (search, bench's search_scaling)
     "dfa.stages.search_prereqs",   # what a study needs before it starts
     "dfa.stages.search_workers",   # worker processes on one study
+    "dfa.stages.search_finalists", # re-scoring a study's finalists over seeds (search --rescore)
 }
 
 

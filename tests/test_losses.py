@@ -128,6 +128,41 @@ def test_row_form_is_nonnegative_and_its_minimiser_is_the_teacher_with_zero_off_
         assert float(a.grad[off].abs().max()) == 0.0 or positive
 
 
+def test_row_form_minimiser_found_by_adam_is_the_teacher_on_the_mask_and_zero_off_it():
+    """§3 v3 ``row``: optimising a free positive student from a flat start reaches, on every row with
+    a non-empty mask, the teacher renormalised over the mask, with (almost) no mass off the mask;
+    the loss there is ≈ 0, below every perturbed student, and ≥ 0 on random students and masks."""
+    g = torch.Generator().manual_seed(7)
+    n = 7
+    s_l = torch.softmax(torch.randn(2, n, n, generator=g) * 2, -1)
+    eye = torch.eye(n, dtype=torch.bool)
+    mask = (torch.rand(2, n, n, generator=g) > 0.6) & ~eye                # §3 masks are off the diagonal
+    mask[0, 3] = False                                                     # a row with an empty mask
+    for _ in range(20):
+        m = torch.rand(2, n, n, generator=g) > torch.rand(())
+        assert alignment_loss(s_l, torch.rand(2, n, n, generator=g) + 1e-4, m, form="row") >= 0
+    logits = torch.zeros(2, n, n, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.1)
+    for _ in range(800):
+        opt.zero_grad()
+        alignment_loss(s_l, torch.exp(logits), mask, form="row").backward()
+        opt.step()
+    a = torch.exp(logits).detach().masked_fill(eye, 0)
+    a = a / a.sum(-1, keepdim=True)                                        # the student's row, off the diagonal
+    t = s_l * mask
+    rows = mask.any(-1)
+    torch.testing.assert_close(a[rows] * mask[rows], (t / t.sum(-1, keepdim=True).clamp_min(1e-12))[rows],
+                               atol=1e-2, rtol=0)
+    assert float((a * ~mask)[rows].sum(-1).max()) < 1e-2                  # ≈ 0 off the mask
+    best = torch.where(mask, s_l, torch.zeros(())) + eye                  # the claimed minimiser
+    at_best = alignment_loss(s_l, best + 1e-12, mask, form="row")
+    assert at_best.abs() < 1e-5
+    for _ in range(10):
+        noise = torch.rand(2, n, n, generator=g)
+        for student in (best * (1 + 0.3 * noise), best + 0.05 * noise * ~mask):   # reshaped; mass off the mask
+            assert alignment_loss(s_l, student + 1e-12, mask, form="row") > at_best + 1e-4
+
+
 def test_alignment_gradient_only_to_student():
     s_l = torch.rand(2, 8, 8, requires_grad=True)
     a_s = torch.rand(2, 8, 8, requires_grad=True)

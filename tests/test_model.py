@@ -12,7 +12,7 @@ from dfa.model import DFA, Refined
 def _model(**over):
     cfg = load_config(None, ["clip.last_k=2", "decoder.width=16", "decoder.layers=1", "decoder.heads=2",
                              "decoder.dropout=0.0", *[f"{k}={v}" for k, v in over.items()]])
-    return DFA(cfg, num_blocks=2, in_dim=12, num_classes=4).train()
+    return DFA(cfg, num_blocks=2, in_dim=12, num_classes=4, num_heads=3).train()
 
 
 def _batch(b=2, grid=(6, 6), seed=0):
@@ -189,3 +189,88 @@ def test_finish_powers_equals_finish_for_each_background_power():
     for p, scores in zip(powers, fast):
         torch.testing.assert_close(scores, model.finish(image, bg_up, fg_up, valid, None, p).scores,
                                    atol=1e-5, rtol=1e-5)
+
+
+# --- §2 v3: every head as a channel; §6 v3: short schedules and head_shift ----------------
+
+def _per_head(b=2, k=2, h=3, grid=(6, 6), seed=0):
+    """Per-head attention (B, K, H, N, N) of K blocks, CLS dropped, and its head mean (B, K, N, N)
+    computed as the backbone does (mean over the heads, then the CLS row and column dropped)."""
+    g = torch.Generator().manual_seed(seed)
+    n = grid[0] * grid[1]
+    full = torch.softmax(torch.randn(b, k, h, n + 1, n + 1, generator=g) * 3, -1)
+    return full.mean(2)[..., 1:, 1:], full[..., 1:, 1:]
+
+
+def _scores(b=2, n=36, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, n, 4, generator=g), torch.tensor([[True, True, False, True], [True, False, True, True]])
+
+
+@pytest.mark.parametrize("row", [0, 1])
+def test_channels_heads_leaves_rows_0_and_1_bit_identical(row):
+    """``affinity.channels: heads`` changes nothing in the untrained rows (§2 v3): the same
+    affinities and the same refined token scores, bit for bit, on a random case."""
+    attn, heads = _per_head()
+    s_hat, valid = _scores()
+    out = {}
+    for channels in ("layers", "heads"):
+        torch.manual_seed(0)
+        model = _model(**{"ablation.row": row, "affinity.channels": channels}).eval()
+        aff = model.affinities(attn, (6, 6), heads=heads if channels == "heads" else None)
+        out[channels] = (aff, model.token_scores(aff, s_hat, valid))
+    (a, ta), (b, tb) = out["layers"], out["heads"]
+    assert torch.equal(a.s, b.s) and torch.equal(ta.fg, tb.fg)
+    assert (a.inv is None) == (row == 0) and (row == 0 or torch.equal(a.inv, b.inv))
+
+
+def test_channels_heads_feeds_k_times_h_maps_and_the_mean_init_averages_them_all():
+    """A row that trains reads every head (K·H channels). The ``mean`` init averages all of them;
+    with the per-head §1 renormalisation that is the layer mean, so the untrained inverse head
+    equals the ``layers`` one (up to rounding); the A_s head (a geometric mean) may differ."""
+    attn, heads = _per_head()
+    torch.manual_seed(0)
+    lay = _model(**{"ablation.row": 3})
+    hed = _model(**{"ablation.row": 3, "affinity.channels": "heads"})
+    assert hed.uses_heads and not lay.uses_heads
+    assert hed.head_s.fc1.weight.shape[1] == hed.head_inv.fc1.weight.shape[1] == 2 * 3
+    a, b = lay.affinities(attn, (6, 6)), hed.affinities(attn, (6, 6), heads=heads)
+    torch.testing.assert_close(b.inv_raw, a.inv_raw, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="per-head attention"):
+        hed.affinities(attn, (6, 6))
+    with pytest.raises(ValueError, match="num_heads"):
+        DFA(hed.cfg, 2, 12, 4)
+
+
+@pytest.mark.parametrize("channels", ["layers", "heads"])
+def test_heads_move_measurably_more_at_a_higher_head_lr_mult(channels):
+    """§6 v3: over the same few AdamW steps on the same batch, the heads' affinities move from
+    their untrained version at ``train.head_lr_mult`` 1 (> 0), and several times more at 10."""
+    from dfa.affinity import head_shift
+    tokens, _, labels, scores = _batch()
+    attn, heads = _per_head()
+    grid = (6, 6)
+    refined = Refined(scores=scores, labels=labels, tokens=None, bg_up=None, fg_up=None)
+
+    def shift(mult):
+        torch.manual_seed(0)
+        model = _model(**{"train.head_lr_mult": mult, "affinity.channels": channels})
+        ref = model.untrained()
+        at_init = {k: v.detach() for k, v in model.row_affinities(model.affinities(attn, grid, heads=heads)).items()}
+        opt = torch.optim.AdamW(model.trainable_groups(), weight_decay=0.01)
+        for _ in range(8):
+            opt.zero_grad()
+            logits, f_d = model.run_decoder(tokens, grid)
+            out = model.losses(logits, f_d, model.affinities(attn, grid, heads=heads), refined, grid, active=True)
+            out["total"].backward()
+            opt.step()
+        with torch.no_grad():
+            now, init = (m.row_affinities(m.affinities(attn, grid, heads=heads)) for m in (model, ref))
+        for k in init:                                   # the reference is the model at step 0, exactly
+            assert torch.equal(init[k], at_init[k])
+        return {k: float(head_shift(now[k], init[k]).mean()) for k in now}
+
+    slow, fast = shift(1.0), shift(10.0)
+    assert set(slow) == {"head_shift", "head_shift_ha"}      # row 4: A_la and A_ha
+    for k in slow:
+        assert slow[k] > 1e-4 and fast[k] > 4 * slow[k], (k, slow, fast)

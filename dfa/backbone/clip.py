@@ -4,6 +4,7 @@ One forward pass gives what the method needs from the image tower:
 
 - ``tokens``  (B, L, N, D): patch tokens after each chosen block (the decoder's input);
 - ``attn``    (B, K, N, N): head-averaged patch-to-patch attention of the last K blocks;
+- ``heads``   (B, K, H, N, N): the same per head, only when asked (``affinity.channels: heads``);
 - ``dense``   (B, N, E): dense image-text tokens of the ``cam.similarity`` path
   (``maskclip``, ``surgery``, ``raw``; ``gradcam`` works on the text side, see ``similarity``).
 
@@ -49,6 +50,7 @@ class ImageFeatures:
     attn: torch.Tensor    # (B, K, N, N)
     dense: torch.Tensor   # (B, N, E), not normalised
     grid: tuple[int, int]
+    heads: torch.Tensor | None = None   # (B, K, H, N, N) per-head attention, CLS dropped (forward(heads=True))
 
 
 def resize_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
@@ -88,14 +90,14 @@ def _merge(block: nn.Module, heads: torch.Tensor) -> torch.Tensor:
 def block_with_attention(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One open_clip ResidualAttentionBlock with explicit attention.
 
-    Returns the block output (B, L, D), the head-mean attention softmax(QKᵀ/√d) (B, L, L)
-    and the value heads (B, H, L, D/H) (for the MaskCLIP path).
+    Returns the block output (B, L, D), the per-head attention softmax(QKᵀ/√d) (B, H, L, L)
+    (its head mean is method.md §1's W) and the value heads (B, H, L, D/H) (for the MaskCLIP path).
     """
     q, k, v = _qkv(block, x)
     w = torch.softmax((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)
     x = x + block.ls_1(_merge(block, w @ v))
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
-    return x, w.mean(dim=1), v
+    return x, w, v
 
 
 def surgery_attention(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -141,6 +143,11 @@ class FrozenCLIP(nn.Module):
     @property
     def width(self) -> int:
         return self.visual.transformer.width
+
+    @property
+    def num_heads(self) -> int:
+        """H, the attention heads of a block (``affinity.channels: heads`` feeds K·H maps)."""
+        return _heads(self.blocks[-1]).num_heads
 
     @property
     def embed_dim(self) -> int:
@@ -192,11 +199,13 @@ class FrozenCLIP(nn.Module):
         return x @ self.visual.proj if self.visual.proj is not None else x
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> ImageFeatures:
+    def forward(self, images: torch.Tensor, heads: bool = False) -> ImageFeatures:
+        """``heads``: also return every head's attention (``ImageFeatures.heads``); ``attn`` is
+        their mean either way, computed the same way, so it does not change with this flag."""
         x, grid = self.embed(images)
         n_blocks = len(self.blocks)
         first_k = n_blocks - self.last_k
-        tokens, attns = [], []
+        tokens, attns, per_head = [], [], []
         surgery = None
         for i, block in enumerate(self.blocks):
             if self.similarity == "surgery" and i >= first_k:
@@ -204,7 +213,9 @@ class FrozenCLIP(nn.Module):
                 surgery = s if surgery is None else surgery + s
             if i >= first_k:
                 x, w, v = block_with_attention(block, x)
-                attns.append(w[:, 1:, 1:])
+                attns.append(w.mean(dim=1)[:, 1:, 1:])
+                if heads:
+                    per_head.append(w[:, :, 1:, 1:])
             else:
                 x = block(x)
             if i in self.decoder_layers:
@@ -215,7 +226,8 @@ class FrozenCLIP(nn.Module):
             dense = self.project(surgery)[:, 1:]
         else:  # raw final tokens; gradcam also returns them (its S needs the text side)
             dense = self.project(x)[:, 1:]
-        return ImageFeatures(tokens=torch.stack(tokens, 1), attn=torch.stack(attns, 1), dense=dense, grid=grid)
+        return ImageFeatures(tokens=torch.stack(tokens, 1), attn=torch.stack(attns, 1), dense=dense, grid=grid,
+                             heads=torch.stack(per_head, 1) if heads else None)
 
     def gradcam(self, images: torch.Tensor, text: torch.Tensor, present: torch.Tensor, n_fg: int) -> torch.Tensor:
         """CLIP-ES/WeCLIP Grad-CAM (choice ``cam.similarity=gradcam``).

@@ -1,9 +1,10 @@
 """What the method reads from the frozen CLIP for a batch of views (method.md §1).
 
 ``DenseExtractor`` holds the frozen encoder and the class/background text embeddings and
-returns, per view, the decoder's input tokens, the last-K attention, and the dense
-similarity S. The feature cache stores exactly these tensors, so training from the cache
-and training online see the same values for the same view.
+returns, per view, the decoder's input tokens, the last-K attention (and, for
+``affinity.channels: heads``, every head's), and the dense similarity S. The feature cache
+stores exactly these tensors, so training from the cache and training online see the same
+values for the same view.
 """
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ class ViewFeatures:
     cos: torch.Tensor      # (B, N, C) raw token-class cosines (Grad-CAM maps for ``gradcam``)
     cos_bg: torch.Tensor   # (B, N, P) raw token-prompt cosines, one per background prompt
     grid: tuple[int, int]
+    heads: torch.Tensor | None = None   # (B, K, H, N, N) per-head attention (``affinity.channels: heads`` only)
 
     def to(self, device, dtype=None) -> "ViewFeatures":
-        f = lambda t: t.to(device=device, dtype=dtype or t.dtype, non_blocking=True)  # noqa: E731
-        return ViewFeatures(f(self.tokens), f(self.attn), f(self.cos), f(self.cos_bg), self.grid)
+        f = lambda t: None if t is None else t.to(device=device, dtype=dtype or t.dtype, non_blocking=True)  # noqa: E731
+        return ViewFeatures(f(self.tokens), f(self.attn), f(self.cos), f(self.cos_bg), self.grid, f(self.heads))
 
 
 class DenseExtractor:
@@ -39,8 +41,10 @@ class DenseExtractor:
     (``'auto'`` is fp32 on CPU); everything is returned in float32.
     """
 
-    def __init__(self, clip: FrozenCLIP, spec: ClassSpec, templates: list[str], precision: str = "auto"):
+    def __init__(self, clip: FrozenCLIP, spec: ClassSpec, templates: list[str], precision: str = "auto",
+                 heads: bool = False):
         self.clip = clip
+        self.heads = heads      # also return per-head attention (``affinity.channels: heads``)
         self.spec = spec
         self.fg_text, self.bg_text = clip.text_embeddings(spec.classes, spec.synonyms, spec.background, templates)
         self.precision = precision
@@ -56,7 +60,7 @@ class DenseExtractor:
         images = images.to(self.device)
         use_bf16 = bf16_autocast(self.precision, images.device.type)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = self.clip(images)
+            out = self.clip(images, heads=self.heads)
         if self.clip.similarity == "gradcam":
             if present is None:
                 present = torch.ones(images.shape[0], len(self.spec.classes), dtype=torch.bool, device=self.device)
@@ -65,4 +69,5 @@ class DenseExtractor:
         else:
             cos = cosines(out.dense, self.fg_text)
         cos_bg = cosines(out.dense, self.bg_text) if len(self.bg_text) else cos[..., :0]
-        return ViewFeatures(out.tokens.float(), out.attn.float(), cos.float(), cos_bg.float(), out.grid)
+        return ViewFeatures(out.tokens.float(), out.attn.float(), cos.float(), cos_bg.float(), out.grid,
+                            None if out.heads is None else out.heads.float())

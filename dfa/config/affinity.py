@@ -32,6 +32,10 @@ class AffinityConfig:
     # starting silent, so a head can learn a relation the attention lacks (dfa.affinity.TokenRelation).
     head: str = "pointwise"
     rank: int = 64
+    # §2 v3, what the heads see: ``layers`` (v2), one head-averaged map per kept layer (K channels);
+    # ``heads``, every attention head of every kept layer (K·H channels, AFA). Only heads that train
+    # read them: rows 0-1 are the same under both (dfa.model.DFA.uses_heads).
+    channels: str = "layers"
     renorm_rows: bool = True  # §1 v2: attention rows sum to 1 again after dropping CLS (v1: false)
     sinkhorn_rounds: int = 3
     square: bool = True
@@ -40,6 +44,7 @@ class AffinityConfig:
         _choice("affinity.inverse", self.inverse, ("operator", "spatial"))
         _choice("affinity.head_init", self.head_init, ("mean", "attention", "random"))
         _choice("affinity.head", self.head, ("pointwise", "bilinear"))
+        _choice("affinity.channels", self.channels, ("layers", "heads"))
         _positive("affinity.rank", self.rank)
         _positive("affinity.hidden", self.hidden)
         _positive("affinity.sinkhorn_rounds", self.sinkhorn_rounds)

@@ -2,15 +2,19 @@
 every cell a mean ± std over seeds (§12), as ``reports/ablation.{md,csv}`` and a figure.
 
 Entries, in table order: the raw CAM; rows 0-4; the ``features`` reference row (E(⊙) with
-an affinity from the frozen CLIP's own last-block token features); the ceilings
+an affinity from the frozen CLIP's own last-block token features); the untrained-heads
+reference rows ``2-init``, ``3-init``, ``4-init`` (row k with its heads at their
+initialisation: no training, so row k minus it is what training added, §6 v3); the ceilings
 ``teacher`` (row 2 with LFAA's S_l from ground truth), ``labels`` (row 3 with HFAR's Y from
 ground truth), ``areas`` (row 4's trained model with ground-truth OT areas) and ``grid``
 (the ground truth's majority per token, upsampled, PAR).
 
 Work is shared: the feature cache serves every training; rows that need no training (the
-raw CAM, rows 0-1, ``features``, ``grid``) are scored once, since the seed only covers the
-decoder/head initialisation and the batch order (§12); ``areas`` re-scores row 4's
-checkpoints. Every cell calibrates its background power on ``data.tune_split`` and is
+raw CAM, rows 0-1, ``features``, the ``-init`` rows, ``grid``) are scored once, since the seed
+only covers the decoder/head initialisation and the batch order (§12; the ``mean`` head init
+does not depend on the seed); ``areas`` re-scores row 4's checkpoints. Every trained cell
+also reports ``head_shift`` (§6 v3): how far its Sinkhorn-normalised affinity moved from the
+same heads untrained, on ``data.seed_split`` (A_ha's alone as ``head_shift_ha``). Every cell calibrates its background power on ``data.tune_split`` and is
 reported on ``data.seed_split`` (seed and DenseCRF mask mIoU, the three error shares);
 the trained cells of the rows in ``--decoder-rows`` (default 4) also report their decoder
 on ``data.eval_split`` (multi-scale + flip, no CRF).
@@ -38,15 +42,19 @@ MARKDOWN = Path("reports/ablation.md")
 CSV = Path("reports/ablation.csv")
 FIGURE = Path("reports/figures/ablation.png")
 SHARES = ("missed_fg", "wrong_class", "spill_bg")
+SHIFTS = ("head_shift", "head_shift_ha")   # §6 v3: the row's affinity; A_ha alone (rows that train it)
 COLUMNS = ["row", "ceiling", "label", "affinity", "combination", "trained", "seed_miou_mean", "seed_miou_std",
            "mask_miou_mean", "mask_miou_std", "seg_miou_mean", "seg_miou_std", *SHARES, "bg_power",
-           "paper_seed_miou", "dataset", "seeds"]
+           *[f"{k}_{s}" for k in SHIFTS for s in ("mean", "std")], "paper_seed_miou", "dataset", "seeds"]
 CEILING_ROW = {"teacher": 2, "labels": 3, "areas": 4}
+INIT = "-init"          # row "2-init": row 2 with its heads untrained (a reference row)
+REFERENCES = ("cam", "features", "untrained")
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One line of the table: ``row`` is "cam", "0"-"4", "features" or "-" (the grid ceiling)."""
+    """One line of the table: ``row`` is "cam", "0"-"4", "features", "2-init"-"4-init" (row k,
+    heads untrained) or "-" (the grid ceiling)."""
     row: str
     ceiling: str = "none"
 
@@ -58,6 +66,8 @@ class Entry:
     def config_row(self) -> int:
         if self.ceiling in CEILING_ROW:
             return CEILING_ROW[self.ceiling]
+        if self.row.endswith(INIT):
+            return int(self.row[:-len(INIT)])
         return int(self.row) if self.row.isdigit() else 0
 
     @property
@@ -73,6 +83,8 @@ class Entry:
     def label(self) -> str:
         if self.ceiling != "none":
             return f"{self.ceiling} ceiling" + (f" (row {self.config_row})" if self.ceiling in CEILING_ROW else "")
+        if self.row.endswith(INIT):
+            return f"row {self.config_row}, untrained heads (reference)"
         return {"cam": "raw CAM", "features": "features (reference)"}.get(self.row, f"row {self.row}")
 
 
@@ -92,10 +104,14 @@ def parse_rows(text: str) -> list[int]:
     return parse_list(text, "rows", sorted(AblationConfig.ROWS))
 
 
-def entries(rows: list[int], ceilings: list[str], references: bool = True) -> list[Entry]:
-    out = [Entry("cam")] if references else []
+def entries(rows: list[int], ceilings: list[str], references=True) -> list[Entry]:
+    """The table's entries in order. ``references``: True (all of :data:`REFERENCES`), False
+    (none) or a list of them; ``untrained`` adds "k-init" for each trained row k asked for."""
+    refs = set(REFERENCES if references is True else references or ())
+    out = [Entry("cam")] if "cam" in refs else []
     out += [Entry(str(r)) for r in rows]
-    out += [Entry("features")] if references else []
+    out += [Entry("features")] if "features" in refs else []
+    out += [Entry(f"{r}{INIT}") for r in rows if r >= 2] if "untrained" in refs else []
     out += [Entry("-" if c == "grid" else str(CEILING_ROW[c]), c) for c in ceilings]
     return out
 
@@ -160,7 +176,8 @@ class Context:
 
 def untrained_model(cfg: Config, ctx: Context):
     from dfa.model import DFA
-    return DFA(cfg, len(ctx.ext.clip.decoder_layers), ctx.ext.clip.width, ctx.spec.num_classes).to(ctx.device).eval()
+    clip = ctx.ext.clip
+    return DFA(cfg, len(clip.decoder_layers), clip.width, ctx.spec.num_classes, clip.num_heads).to(ctx.device).eval()
 
 
 def run_cell(args, entry: Entry, seed: int, ctx: Context, parent_id: str | None, root: Path) -> dict:
@@ -168,7 +185,7 @@ def run_cell(args, entry: Entry, seed: int, ctx: Context, parent_id: str | None,
     import json
 
     from dfa.features_cache import file_digest, fingerprint
-    from dfa.stages.seeds import calibrate, score_seeds
+    from dfa.stages.seeds import calibrate, score_seeds, shift_reference
     from dfa.stages.segment import decoder_miou
     from dfa.stages.training import fit, load_trained
     from dfa.tracking import stage_run
@@ -201,14 +218,15 @@ def run_cell(args, entry: Entry, seed: int, ctx: Context, parent_id: str | None,
         with progress() as bar:
             bg = calibrate(cfg, model, ctx.ext, ctx.layout, ctx.tune, ctx.labels, bar, seed_fn=fn)
             m, _, _ = score_seeds(cfg, model, ctx.ext, ctx.layout, ctx.train, ctx.labels, bar=bar, bg=bg, seed_fn=fn,
-                                  crf=False if kind == "cam" else None)
+                                  crf=False if kind == "cam" else None,
+                                  shift_ref=shift_reference(cfg, model) if needs_model else None)
             seg = decoder_miou(cfg, model, ctx.ext, ctx.layout, ctx.val, bar) if want_seg else float("nan")
         if kind == "cam":   # the raw CAM row reports the raw CAM as its seed (its mask: CRF on it is not run)
             m = {**m, "seed_miou": m["cam_miou"], **{f"seed_{s}": m[f"cam_{s}"] for s in SHARES},
                  "bg_power_seed": m["bg_power_cam"], "mask_miou": float("nan")}
         metrics = {"seed_miou": m["seed_miou"], "mask_miou": m.get("mask_miou", float("nan")), "seg_miou": seg,
                    **{s: m[f"seed_{s}"] for s in SHARES}, "bg_power": m["bg_power_seed"],
-                   "cam_miou": m["cam_miou"]}
+                   "cam_miou": m["cam_miou"], **{k: m[k] for k in SHIFTS if k in m}}
         run.log_metrics({k: v for k, v in metrics.items() if _finite(v)})
         write_json(cell_path, {"fingerprint": fp, "metrics": metrics})
     return metrics
@@ -233,13 +251,14 @@ def _finite(v) -> bool:
 def aggregate(entry: Entry, cfg: Config, cells: dict[int, dict], seeds: list[int]) -> dict:
     """One table row: mean ± std (sample std, ddof 1; 0 for one value) over the seeds."""
     def stat(key):
-        vals = np.array([cells[s][key] for s in seeds if _finite(cells[s][key])], dtype=float)
+        vals = np.array([cells[s].get(key) for s in seeds if _finite(cells[s].get(key))], dtype=float)
         if not len(vals):
             return float("nan"), float("nan")
         return float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
-    if entry.row.isdigit():
-        tmp = load_config(None, [f"ablation.row={entry.row}"]).ablation
+    if entry.row.isdigit() or entry.row.endswith(INIT):
+        tmp = load_config(None, [f"ablation.row={entry.config_row}"]).ablation
         affinity, combination = tmp.describe()
+        affinity += " (heads untrained)" if entry.row.endswith(INIT) else ""
     else:
         affinity, combination = {"cam": ("identity", "none"), "features": ("CLIP token features", "E(⊙)"),
                                  "-": ("ground truth per token", "PAR")}[entry.row]
@@ -252,6 +271,8 @@ def aggregate(entry: Entry, cfg: Config, cells: dict[int, dict], seeds: list[int
         row[f"{key}_mean"], row[f"{key}_std"] = stat(key)
     for key in (*SHARES, "bg_power"):
         row[key] = stat(key)[0]
+    for key in SHIFTS:
+        row[f"{key}_mean"], row[f"{key}_std"] = stat(key)
     return row
 
 
@@ -260,7 +281,7 @@ def command_line(args) -> str:
     if sys.argv[1:2] == ["ablation"]:
         return "python -m dfa " + shlex.join(sys.argv[1:])
     parts = ["ablation", "--rows", args.rows]
-    for flag in ("seeds", "ceilings", "name"):
+    for flag in ("seeds", "ceilings", "references", "name"):
         if getattr(args, flag, None) is not None:
             parts += [f"--{flag}", getattr(args, flag)]
     if args.params != "params.yaml":
@@ -277,8 +298,17 @@ def commit_label() -> str:
     return commit + (" (with uncommitted changes)" if commit != "unknown" and git_dirty() else "")
 
 
-def _cell(mean: float, std: float) -> str:
-    return "—" if not math.isfinite(mean) else f"{mean:.1f} ± {std:.1f}"
+def _cell(mean: float, std: float, fmt: str = ".1f") -> str:
+    return "—" if not math.isfinite(mean) else f"{mean:{fmt}} ± {std:{fmt}}"
+
+
+def csv_text(df) -> str:
+    """The CSV: 3 decimals, but 4 significant digits for the head shifts (small numbers: a shift of
+    5e-4 is not 0)."""
+    out = df.copy()
+    for col in (f"{k}_{s}" for k in SHIFTS for s in ("mean", "std")):
+        out[col] = [f"{v:.4g}" if _finite(v) else "" for v in out[col]]
+    return out.to_csv(index=False, float_format="%.3f")
 
 
 def outputs(name: str) -> tuple[Path, Path, Path]:
@@ -289,12 +319,15 @@ def outputs(name: str) -> tuple[Path, Path, Path]:
 def markdown(df, cfg: Config, args, seeds: list[int], wall_s: float, fig: Path = FIGURE) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = ["| row | affinity | combination | seed mIoU | mask mIoU | decoder on val | missed fg % | "
-             "wrong class % | bg spill % | bg power | paper (VOC) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "wrong class % | bg spill % | bg power | head shift | A_ha shift | paper (VOC) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in df.itertuples(index=False):
         paper = "" if not _finite(r.paper_seed_miou) else f"{r.paper_seed_miou:.1f}"
         lines.append(f"| {r.label} | {r.affinity} | {r.combination} | {_cell(r.seed_miou_mean, r.seed_miou_std)} | "
                      f"{_cell(r.mask_miou_mean, r.mask_miou_std)} | {_cell(r.seg_miou_mean, r.seg_miou_std)} | "
-                     f"{r.missed_fg:.1f} | {r.wrong_class:.1f} | {r.spill_bg:.1f} | {r.bg_power:.3g} | {paper} |")
+                     f"{r.missed_fg:.1f} | {r.wrong_class:.1f} | {r.spill_bg:.1f} | {r.bg_power:.3g} | "
+                     f"{_cell(r.head_shift_mean, r.head_shift_std, '.2g')} | "
+                     f"{_cell(r.head_shift_ha_mean, r.head_shift_ha_std, '.2g')} | {paper} |")
     return (f"# Ablation (method.md §7, §11, §12) on {cfg.data.name}\n\n"
             f"- command: `{command_line(args)}`\n"
             f"- date: {when}; wall time {wall_s / 60:.1f} min\n"
@@ -308,7 +341,10 @@ def markdown(df, cfg: Config, args, seeds: list[int], wall_s: float, fig: Path =
             + "\n".join(lines) + "\n\n"
             "Ceiling rows feed one module ground truth (method.md §11) and are labelled as such; the error shares are "
             "of the seed (missed fg and wrong class: % of foreground pixels; bg spill: % of background pixels). A "
-            "claim \"row a beats row b\" needs a difference larger than the two stds added together (§12).\n\n"
+            "claim \"row a beats row b\" needs a difference larger than the two stds added together (§12). Head "
+            "shift (§6 v3): mean |A − A_init| / mean A_init of the Sinkhorn-normalised affinity the row uses "
+            "(row 4: A_la) against the same heads untrained, on the seed split; A_ha shift: the inverse head's "
+            "alone. About 0 means the row measures its untrained heads (compare the \"untrained heads\" rows).\n\n"
             f"![ablation](figures/{fig.name})\n")
 
 
@@ -318,7 +354,8 @@ def figure(df, path: Path, dataset: str) -> None:
     import matplotlib.pyplot as plt
 
     x = np.arange(len(df))
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(1.0 * len(df) + 3, 6.5), sharex=True)
+    fig, (ax, ax2, ax3) = plt.subplots(3, 1, figsize=(1.0 * len(df) + 3, 9), sharex=True,
+                                       gridspec_kw={"height_ratios": [3, 2, 1.5]})
     colors = ["tab:gray" if c != "none" else "tab:blue" for c in df["ceiling"]]
     ax.bar(x, df["seed_miou_mean"], 0.6, yerr=df["seed_miou_std"].fillna(0), color=colors, capsize=3)
     paper = df["paper_seed_miou"].astype(float)
@@ -331,7 +368,16 @@ def figure(df, path: Path, dataset: str) -> None:
         ax2.bar(x + (i - 1) * w, df[share], w, label=share.replace("_", " "), color=col)
     ax2.set_ylabel("% of fg / bg pixels")
     ax2.legend(fontsize=8, ncol=3)
-    ax2.set_xticks(x, df["label"], rotation=30, ha="right", fontsize=8)
+    w = 0.38
+    for i, (key, name, col) in enumerate((("head_shift", "row's affinity (row 4: A_la)", "tab:green"),
+                                          ("head_shift_ha", "A_ha alone", "tab:olive"))):
+        mean = df[f"{key}_mean"].astype(float)
+        ax3.bar(x + (i - 0.5) * w, mean.fillna(0), w, yerr=df[f"{key}_std"].astype(float).fillna(0), color=col,
+                capsize=2, label=name)
+    ax3.set_ylabel("head shift")
+    ax3.set_title("head shift (§6): mean |A − A_init| / mean A_init on the seed split (0: untrained)", fontsize=9)
+    ax3.legend(fontsize=8, ncol=2)
+    ax3.set_xticks(x, df["label"], rotation=30, ha="right", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
@@ -351,7 +397,9 @@ def ablation(cfg: Config, args) -> int:
                 if getattr(args, "ceilings", None) is not None else ["teacher", "labels", "areas", "grid"])
     if "areas" in ceilings and 4 not in rows:
         console.print("[yellow]the areas ceiling re-scores row 4's models: they must exist already[/]")
-    plan = entries(rows, ceilings, references=not getattr(args, "no_references", False))
+    text = getattr(args, "references", None)
+    refs = parse_list(",".join(REFERENCES) if text is None else text, "references", REFERENCES, str)
+    plan = entries(rows, ceilings, references=False if getattr(args, "no_references", False) else refs)
     if not plan:
         raise ConfigError("nothing to run: --rows and --ceilings are empty and --no-references is set")
     wants_decoder(args, Entry("4"))                     # a bad --decoder-rows fails before the first cell
@@ -372,7 +420,7 @@ def ablation(cfg: Config, args) -> int:
         wall = time.perf_counter() - t0
         df = pd.DataFrame(results, columns=COLUMNS)
         md, csv, fig = (cfg.out(p) for p in outputs(getattr(args, "name", None) or "ablation"))  # smoke/ with --smoke
-        write_text(csv, df.to_csv(index=False, float_format="%.3f"))
+        write_text(csv, csv_text(df))
         figure(df, fig, cfg.data.name)
         write_text(md, markdown(df, cfg, args, seeds, wall, fig))
         parent.log_metrics({"wall_s": wall})

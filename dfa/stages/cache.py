@@ -13,9 +13,9 @@ import torch
 from dfa.config import Config
 from dfa.data.dataset import load_labels
 from dfa.data.io import read_image, read_mask
-from dfa.features_cache import ARRAYS, CacheWriter
+from dfa.features_cache import CacheWriter, arrays as shard_arrays
 from dfa.stages.common import class_spec, console, data_errors, layout_of, limit, progress, setup, write_metrics
-from dfa.stages.views import cache_fingerprint, extractor, normalise, square_mask, square_view
+from dfa.stages.views import cache_fingerprint, extractor, normalise, per_head, square_mask, square_view
 from dfa.tracking import stage_run
 
 METRICS = Path("reports/metrics/cache.json")
@@ -34,13 +34,16 @@ def cache(cfg: Config, args=None) -> int:
     dtype = np.float16 if cfg.cache.dtype == "float16" else np.float32
     crop = cfg.data.crop_size
     probe = ext(normalise(square_view(np.zeros((crop, crop, 3), np.uint8), crop)[None], cfg))
-    per_view = sum(t[0].numel() for t in (probe.tokens, probe.attn, probe.cos, probe.cos_bg)) * np.dtype(dtype).itemsize
+    heads = per_head(cfg)   # ``affinity.channels: heads``: every head's maps in place of their mean
+    attn = probe.heads if heads else probe.attn
+    per_view = sum(t[0].numel() for t in (probe.tokens, attn, probe.cos, probe.cos_bg)) * np.dtype(dtype).itemsize
     per_view += crop * crop * 4 + len(spec.classes)
     total = per_view * len(names) * len(flips)
     console.print(f"feature cache: {len(names)} images × {len(flips)} views × {per_view / 2**20:.2f} MiB "
                   f"= {total / 2**30:.2f} GiB estimated → {cfg.cache.dir}")
     meta = {"views_per_image": len(flips), "grid": list(probe.grid), "crop": crop, "classes": spec.classes,
-            "background": spec.background, "logit_scale": ext.logit_scale, "bytes_per_view": per_view}
+            "background": spec.background, "logit_scale": ext.logit_scale, "bytes_per_view": per_view,
+            **({"per_head": True} if heads else {})}
     writer = CacheWriter(cfg.cache.dir, fp, meta)
     if writer.stale:
         console.print(f"{cfg.cache.dir}: made with other params or another backbone; rebuilding")
@@ -51,7 +54,7 @@ def cache(cfg: Config, args=None) -> int:
         bs = cfg.cache.shard_size
         for start in range(0, len(todo), bs):
             chunk = todo[start:start + bs]
-            arrays: dict[str, list] = {k: [] for k in ARRAYS}
+            arrays: dict[str, list] = {k: [] for k in shard_arrays(heads)}
             for i in range(0, len(chunk), 32):
                 sub = chunk[i:i + 32]
                 with data_errors():
@@ -61,7 +64,10 @@ def cache(cfg: Config, args=None) -> int:
                 present = torch.tensor(np.stack([labels[n] for n in sub for _ in flips]) > 0)
                 feats = ext(normalise(views, cfg), present)
                 arrays["tokens"].append(feats.tokens.cpu().numpy().astype(dtype))
-                arrays["attn"].append(feats.attn.cpu().numpy().astype(dtype))
+                if heads:
+                    arrays["heads"].append(feats.heads.cpu().numpy().astype(dtype))
+                else:
+                    arrays["attn"].append(feats.attn.cpu().numpy().astype(dtype))
                 arrays["cos"].append(feats.cos.cpu().numpy().astype(dtype))
                 arrays["cos_bg"].append(feats.cos_bg.cpu().numpy().astype(dtype))
                 arrays["image"].append(views)

@@ -15,6 +15,10 @@ class won no token of the posterior (seed collapse); their summary is ``ot`` in
 ``outputs/pseudo/ot_images.json`` (with ``ot.debug`` also every column's plan sum, prior b
 and argmax area, and the legacy column sums in ``ot_columns.json``).
 
+A row that trains a head also reports ``head_shift`` (§6 v3): how far its Sinkhorn-normalised
+affinity moved from the same heads untrained, over the seed split (computed here, where the
+split's features are already extracted, not in ``dfa train``).
+
 Every kind's background rule (``refine.bg_power``) is first chosen on ``data.tune_split``
 from ``refine.bg_grid`` (§5, §12: a refinement must beat a raw CAM calibrated as well);
 ``refine.calibrate: false`` keeps ``refine.bg_power``. All kinds are upsampled to the
@@ -37,7 +41,7 @@ from dfa.features_cache import file_digest, fingerprint
 from dfa.io import write_json
 from dfa.stages.common import class_spec, console, data_errors, layout_of, limit, progress, setup, write_metrics
 from dfa.stages.report import iou_table, save_grid
-from dfa.stages.seeds import OT_IMAGES, calibrate, score_seeds
+from dfa.stages.seeds import OT_IMAGES, calibrate, score_seeds, shift_reference
 from dfa.stages.training import load_trained
 from dfa.stages.views import extractor
 from dfa.tracking import stage_run
@@ -78,7 +82,8 @@ def pseudo(cfg: Config, args=None) -> int:
             for f in [*out.glob("*/*.png"), out / OT_IMAGES]:  # made by another model or params: start over
                 f.unlink(missing_ok=True)
         write_json(stamp, {"fp": fp})
-        metrics, ious, figure = score_seeds(cfg, model, ext, layout, names, labels, out, bar, bg=bg)
+        metrics, ious, figure = score_seeds(cfg, model, ext, layout, names, labels, out, bar, bg=bg,
+                                            shift_ref=shift_reference(cfg, model))
         metrics.update(dataset=d.name, split=d.seed_split, images=len(names), ablation_row=cfg.ablation.row,
                        ceiling=cfg.ablation.ceiling, calibrated_on=d.tune_split if cfg.refine.calibrate else None,
                        tune_miou={k: {str(p): round(v, 2) for p, v in t.items()} for k, t in bg["table"].items()})

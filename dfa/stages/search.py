@@ -338,6 +338,11 @@ def search(cfg: Config, args) -> int:
     space = load_space(args.space, cfg)
     if args.n_trials < 0:
         raise ConfigError(f"--n-trials: must be >= 0, got {args.n_trials}")
+    if getattr(args, "rescore", 0) < 0:
+        raise ConfigError(f"--rescore: must be >= 0, got {args.rescore}")
+    if getattr(args, "rescore", 0):
+        from dfa.stages.search_finalists import parse_seeds
+        parse_seeds(args.rescore_seeds)      # a bad list fails before the study runs
     workers = getattr(args, "workers", 1)
     if workers < 1:
         raise ConfigError(f"--workers: must be >= 1, got {workers}")
@@ -362,6 +367,11 @@ def search(cfg: Config, args) -> int:
         summary = summarize(study, space, out_dir)
         if summary["best"] is not None:
             parent.log_metrics({f"best_{space.metric}": summary["best"]["value"]})
+        if getattr(args, "rescore", 0):   # §12 v3: finalists over several seeds on tune
+            from dfa.stages import search_finalists
+            search_finalists.run(cfg, args, space, study, base_config(args, space), parent.run_id, out_dir, summary,
+                                 trial_config, SeedScorer())
+            parent.log_artifact(out_dir / "finalists.json", "search")
         parent.log_artifact(out_dir / "summary.json", "search")
         parent.log_artifact(out_dir / "history.png", "search")
     console.print(trials_table(study, space.metric))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dfa.affinity import head_shift
 from dfa.calibrate import add_confusion, choose_powers, labels_at_image_size
 from dfa.config import Config
 from dfa.crf import crf_labels, crf_pool
@@ -143,9 +144,24 @@ def chunk_tokens(cfg: Config, model, ext, chunk: Chunk, seed_fn=None,
                              "(ablation.ceiling=areas), never on a reported split otherwise")
     elif kind == "decoder":
         areas = decoder_areas(model.segment(f.tokens, f.grid), valid)
-    aff = model.affinities(f.attn, f.grid, tokens=f.tokens)
+    aff = model.affinities(f.attn, f.grid, tokens=f.tokens, heads=f.heads)
     out["seed"] = model.token_scores(aff, s_hat, valid, areas, prior_kind)
     return out, valid
+
+
+@torch.no_grad()
+def chunk_shift(model, ref, chunk: Chunk) -> dict[str, torch.Tensor]:
+    """``head_shift`` per image (§6 v3): the row's Sinkhorn-normalised affinities against the
+    same heads untrained (``ref``, :meth:`dfa.model.DFA.untrained`)."""
+    f = chunk.feats
+    now, init = (m.row_affinities(m.affinities(f.attn, f.grid, tokens=f.tokens, heads=f.heads)) for m in (model, ref))
+    return {k: head_shift(now[k], init[k]) for k in now}
+
+
+def shift_reference(cfg: Config, model):
+    """The model's heads at their initialisation when the row trains one (L_a or L_r), else None."""
+    ab = cfg.ablation
+    return model.untrained() if (ab.align or ab.rectify) and ab.ceiling != "grid" else None
 
 
 # ------------------------------------------------------------------------------ calibration
@@ -212,14 +228,18 @@ def predict(cfg: Config, model, ext, chunk: Chunk, bg: dict, crf: bool, pool=Non
 
 
 def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict, out: Path | None = None,
-                bar=None, crf: bool | None = None, bg: dict | None = None, seed_fn=None) -> tuple[dict, dict, list]:
+                bar=None, crf: bool | None = None, bg: dict | None = None, seed_fn=None,
+                shift_ref=None) -> tuple[dict, dict, list]:
     """mIoU (percent) and error shares of cam / seed / mask over ``names``; PNGs under ``out``
     (resumable). ``bg``: the background power per kind (from :func:`calibrate`; default
-    ``refine.bg_power``). Returns (metrics, per-class IoU per kind, figure rows)."""
+    ``refine.bg_power``). ``shift_ref``: the heads untrained (:func:`shift_reference`); then
+    the metrics carry ``head_shift`` (and ``head_shift_ha``), means over ``names`` (§6 v3).
+    Returns (metrics, per-class IoU per kind, figure rows)."""
     bg = bg or {"cam": cfg.refine.bg_power, "seed": cfg.refine.bg_power}
     n_cls = len(ext.spec.classes) + 1
     conf = {k: torch.zeros(n_cls, n_cls, dtype=torch.int64) for k in KINDS}
     figure: list = []
+    shifts: dict[str, list] = {}
     records: dict[str, dict] = {}       # OT diagnostics per image (kept next to the PNGs to resume)
     if out is not None and (out / OT_IMAGES).exists():
         records = json.loads((out / OT_IMAGES).read_text())
@@ -232,6 +252,7 @@ def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict,
                 with data_errors():
                     preds = {k: [read_mask(out / k / f"{n}.png") for n in sub] for k in KINDS}
                     gts = [read_mask(layout.mask_path(n)) for n in sub]
+                chunk = load_chunk(cfg, ext, layout, sub, labels, ext.device) if shift_ref is not None else None
             else:
                 chunk = load_chunk(cfg, ext, layout, sub, labels, ext.device)
                 preds, rows = predict(cfg, model, ext, chunk, bg, use_crf, pool, seed_fn)
@@ -246,6 +267,9 @@ def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict,
                             write_mask(out / k / f"{n}.png", np.asarray(m).astype(np.uint8))
             for k in KINDS:
                 add_confusion(conf[k], preds[k], gts)
+            if shift_ref is not None:
+                for k, v in chunk_shift(model, shift_ref, chunk).items():
+                    shifts.setdefault(k, []).extend(v.tolist())
             if bar is not None:
                 bar.update(task, advance=len(sub))
     records = {n: records[n] for n in names if n in records}
@@ -263,4 +287,5 @@ def score_seeds(cfg: Config, model, ext, layout, names: list[str], labels: dict,
             metrics.pop(key)  # without DenseCRF it is the seed again
     metrics.update({f"bg_power_{k}": float(v) for k, v in bg.items() if k in ("cam", "seed")})
     metrics["ot"] = ot_summary(list(records.values()), cfg)
+    metrics.update({k: float(np.mean(v)) for k, v in shifts.items()})
     return metrics, ious, figure

@@ -150,7 +150,9 @@ class Batches:
                 job, self._state_after = self._ahead.popleft()
                 b = job.result()
             dev = {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
-            return {"tokens": dev["tokens"].float(), "attn": dev["attn"].float(), "cos": dev["cos"].float(),
+            heads = dev["heads"].float() if "heads" in dev else None   # a per-head cache stores no layer maps
+            return {"tokens": dev["tokens"].float(), "attn": heads.mean(2) if heads is not None else dev["attn"].float(),
+                    "heads": heads, "cos": dev["cos"].float(),
                     "cos_bg": dev["cos_bg"].float(), "present": dev["label"].bool(), "mask": dev["mask"].long(),
                     "image": normalise(dev["image"], self.cfg), "grid": self.grid}
         with data_errors():
@@ -158,12 +160,14 @@ class Batches:
         images = torch.stack([it["image"] for it in items])
         present = torch.stack([it["label"] for it in items]) > 0
         f = self.extract(images, present)
-        return {"tokens": f.tokens, "attn": f.attn, "cos": f.cos, "cos_bg": f.cos_bg, "present": present,
-                "image": images, "grid": f.grid}
+        return {"tokens": f.tokens, "attn": f.attn, "heads": f.heads, "cos": f.cos, "cos_bg": f.cos_bg,
+                "present": present, "image": images, "grid": f.grid}
 
 
 def build_model(cfg: Config, batch: dict, num_classes: int) -> DFA:
-    return DFA(cfg, num_blocks=batch["tokens"].shape[1], in_dim=batch["tokens"].shape[-1], num_classes=num_classes)
+    heads = batch.get("heads")
+    return DFA(cfg, num_blocks=batch["tokens"].shape[1], in_dim=batch["tokens"].shape[-1], num_classes=num_classes,
+               num_heads=None if heads is None else heads.shape[2])
 
 
 def rng_state(batches: Batches) -> dict:
@@ -192,7 +196,9 @@ def train_step(model: DFA, batch: dict, device: torch.device, logit_scale: float
     grid = tuple(batch["grid"])
     image = batch["image"].to(device)
     tokens = batch["tokens"].to(device)
-    aff = model.affinities(batch["attn"].to(device), grid, tokens=tokens)
+    heads = batch.get("heads") if model.uses_heads else None
+    aff = model.affinities(batch["attn"].to(device), grid, tokens=tokens,
+                           heads=None if heads is None else heads.to(device))
     for name, t in (("affinity A_s", aff.s), ("affinity A_inv", aff.inv)):
         if t is not None and not torch.isfinite(t).all():  # the OT solver would reject it anyway
             return {name: t.sum()}
@@ -318,7 +324,8 @@ def fit(cfg: Config, run, callback=None) -> dict:
     digest = state_digest(model)
     save_torch(out_dir / "model.pt", {"model": model.state_dict(), "fingerprint": fp, "step": cfg.train.steps,
                                       "num_blocks": first["tokens"].shape[1], "in_dim": first["tokens"].shape[-1],
-                                      "classes": spec.classes, "state_digest": digest})
+                                      "classes": spec.classes, "state_digest": digest,
+                                      **({"num_heads": model.num_heads} if model.uses_heads else {})})
     save_resume(cfg.train.steps)
     return {"final_step": cfg.train.steps, "state_digest": digest, "curve": curve, "alpha": float(model.alpha),
             "final_loss": float(np.mean([r["loss_total"] for r in curve[-20:]])) if curve else None,
@@ -363,7 +370,10 @@ def load_trained(cfg: Config, device: torch.device) -> DFA:
     spec = class_spec(cfg)
     if state["classes"] != spec.classes:
         raise WorkbenchError(f"{path}: trained on classes {state['classes']}, dataset has {spec.classes}")
-    model = DFA(cfg, state["num_blocks"], state["in_dim"], spec.num_classes)
+    try:
+        model = DFA(cfg, state["num_blocks"], state["in_dim"], spec.num_classes, state.get("num_heads"))
+    except ValueError as exc:   # a layers model read with affinity.channels=heads
+        raise WorkbenchError(f"{path}: does not match the configured model ({exc})") from None
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:

@@ -38,7 +38,12 @@ def normalise(images: np.ndarray | torch.Tensor, cfg: Config) -> torch.Tensor:
 
 def extractor(cfg: Config, spec: ClassSpec, device) -> DenseExtractor:
     clip = load_backbone(cfg, spec, device)
-    return DenseExtractor(clip, spec, cfg.clip.templates, cfg.clip.precision)
+    return DenseExtractor(clip, spec, cfg.clip.templates, cfg.clip.precision, heads=per_head(cfg))
+
+
+def per_head(cfg: Config) -> bool:
+    """Whether views carry every head's attention (``affinity.channels: heads``, method.md §2 v3)."""
+    return cfg.affinity.channels == "heads"
 
 
 def cache_fingerprint(cfg: Config, names: list[str]) -> str:
@@ -52,4 +57,7 @@ def cache_fingerprint(cfg: Config, names: list[str]) -> str:
         "names": hashlib.sha256("\n".join(names).encode()).hexdigest(),
         "crop": cfg.data.crop_size, "mean": cfg.data.mean, "std": cfg.data.std,
         "flip": cfg.cache.flip, "dtype": cfg.cache.dtype,
+        # per-head maps replace the layer maps: a layers cache is never read as a heads cache
+        # (the key is absent for ``layers``, so today's caches keep their fingerprint)
+        **({"channels": "heads"} if per_head(cfg) else {}),
     })
