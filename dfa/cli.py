@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-S", "--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a dotted params key (repeatable)")
     common.add_argument("--smoke", action="store_true", help="tiny data, model and steps (seconds)")
+    common.add_argument("--portable", action="store_true",
+                        help="pin torch's, MKL's and oneDNN's kernel paths to AVX2 (as DFA_PORTABLE=1; "
+                             "README, Reproducibility)")
     parser = argparse.ArgumentParser(prog="dfa", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
@@ -80,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The kernel pins act only if they are in the environment before torch loads (dfa.kernels).
+    from dfa.kernels import PortableError, apply_portable, portable_level
+    try:
+        level = portable_level(os.environ.get("DFA_PORTABLE")) or ("avx2" if args.portable else None)
+        if level:
+            apply_portable(level)
+    except PortableError as exc:
+        print(f"dfa {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     from dfa.config import ConfigError, load_config
     from dfa.errors import WorkbenchError
 
