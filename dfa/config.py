@@ -492,6 +492,9 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     smoke: bool = False
+    # Where each value came from (dfa.profiles); set by load_config, outside the dataclass fields
+    # so that to_dict/flat (fingerprints, MLflow params) do not carry it.
+    provenance: typing.ClassVar = None
 
     def check(self) -> None:
         _choice("device", self.device, ("auto", "cpu", "cuda"))
@@ -631,22 +634,43 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = (),
                 smoke: bool = False) -> Config:
-    """Read params (if the file exists), apply ``--smoke`` then ``-S`` overrides, validate."""
+    """Read params (if the file exists), apply the profile, ``--smoke``, then ``-S`` overrides,
+    validate; ``cfg.provenance`` says where each value came from (:mod:`dfa.profiles`)."""
+    from dfa import profiles
+
     raw: dict[str, Any] = read_yaml_mapping(path, "params file") if path is not None else {}
     parsed = [parse_override(t) for t in overrides]
+    # ``profile`` (top level, or -S profile=NAME / --profile NAME) picks a params layer; it is
+    # not a Config field, so the fingerprints and MLflow params of a run without one are unchanged.
+    profile = raw.pop("profile", None)
+    profile = next((v for k, v in reversed(parsed) if k == "profile"), profile)
+    parsed = [(k, v) for k, v in parsed if k != "profile"]
+    if profile is not None and not isinstance(profile, str):
+        raise ConfigError(f"profile: expected a profile name, got {profile!r}")
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if profile:
+        try:
+            values = profiles.read_profile(profile, set(Config().flat()))
+        except profiles.ProfileError as exc:
+            raise ConfigError(str(exc)) from None
+        for k, v in values.items():
+            set_dotted(raw, k, v)
+        layers.append((f"profile:{profile}", values))
     if smoke:
-        for k, v in SMOKE_OVERRIDES.items():
-            set_dotted(raw, k, v)
         name = dict(parsed).get("data.name", (raw.get("data") or {}).get("name", "synthetic"))
-        for k, v in {**SMOKE_PATHS, **(SMOKE_SYNTHETIC_PATHS if name == "synthetic" else {})}.items():
-            set_dotted(raw, k, v)
         experiment = (raw.get("tracking") or {}).get("experiment", TrackingConfig.experiment)
-        set_dotted(raw, "tracking.experiment", f"{experiment}-smoke")
-        raw["smoke"] = True
+        values = {**SMOKE_OVERRIDES, **SMOKE_PATHS, **(SMOKE_SYNTHETIC_PATHS if name == "synthetic" else {}),
+                  "tracking.experiment": f"{experiment}-smoke", "smoke": True}
+        for k, v in values.items():
+            set_dotted(raw, k, v)
+        layers.append(("smoke", values))
     for k, v in parsed:
         set_dotted(raw, k, v)
+    layers.append(("override", dict(parsed)))
     cfg = build(Config, raw, "")
     cfg.check()
+    cfg.provenance = profiles.Provenance(profile or None, profiles.sources(cfg.flat(), layers,
+                                                                           profiles.study_sources()))
     return cfg
 
 

@@ -20,6 +20,7 @@ from dfa.data.splits import tune_of
 from dfa.errors import WorkbenchError
 from dfa.io import write_json
 from dfa.kernels import cpu_model, kernel_env, torch_build
+from dfa.profiles import provenance_of
 from dfa.repo import git_commit, repo_root  # noqa: F401  (stages import them from here)
 
 console = Console(stderr=True)
@@ -63,8 +64,10 @@ def _torch_build() -> dict[str, str]:
 
 
 def write_metrics(cfg: Config, path: str | Path, metrics: dict) -> None:
-    """A stage's metrics JSON (under ``smoke/`` with --smoke), with :func:`run_env` as ``env``."""
-    write_json(cfg.out(path), {**metrics, "env": run_env(cfg)})
+    """A stage's metrics JSON (under ``smoke/`` with --smoke), with :func:`run_env` as ``env`` and
+    where the params came from as ``config_sources``: the profile and every key whose source is
+    not ``default`` (``dfa.profiles``)."""
+    write_json(cfg.out(path), {**metrics, "config_sources": provenance_of(cfg).record(), "env": run_env(cfg)})
 
 
 def seed_everything(seed: int) -> None:
