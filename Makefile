@@ -4,7 +4,7 @@ PY := .venv/bin/python
 STAMP := .venv/.installed
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup test test-fast repro ablation-table ablation-table-alt bench ui dashboard clean-smoke postgres postgres-stop mlflow-server
+.PHONY: setup test test-fast repro ablation-table ablation-table-alt bench ui dashboard clean-smoke postgres postgres-stop mlflow-server rehearse-voc rehearse-coco
 
 # .venv is (re)built when missing or older than pyproject.toml.
 $(STAMP): pyproject.toml
@@ -47,6 +47,18 @@ ablation-table-alt: $(STAMP)
 	cp runs/alt/reports/ablation.md runs/alt/reports/ablation.csv runs/alt/reports/metrics/clip.json \
 	  runs/alt/reports/metrics/data.json reports/alt/
 	cp runs/alt/reports/figures/ablation.png reports/alt/figures/
+
+# Dress rehearsal of a real run (README "Real data"): a stand-in tree in VOC's (COCO's) exact layout,
+# check-data, then every stage with --profile voc (coco), a random-weight ViT-B-16 and a few dozen
+# steps, all under runs/rehearse-voc (-coco), with assertions on grid, K, OT columns and artifacts.
+# Its numbers mean nothing. REHEARSE_ARGS passes sizes, e.g. REHEARSE_ARGS="--images 20 --steps 12".
+REHEARSE_ARGS ?=
+
+rehearse-voc: $(STAMP)
+	$(PY) experiments/rehearse.py --kind voc $(REHEARSE_ARGS)
+
+rehearse-coco: $(STAMP)
+	$(PY) experiments/rehearse.py --kind coco $(REHEARSE_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m dfa bench

@@ -69,4 +69,5 @@ def prepare(cfg: Config, args=None) -> int:
 
 
 def check_data(cfg: Config, args) -> int:
-    return checker.check_data_main(args.root, args.kind, args.split)  # no --kind: guessed from the tree
+    # no --kind: guessed from the tree
+    return checker.check_data_main(args.root, args.kind, args.split, counts=not args.no_counts)
