@@ -90,7 +90,10 @@ class SeedScorer:
         def score(model, bar=None) -> dict[str, float]:
             bg = calibrate(cfg, model, ext, layout, names, labels, bar)
             metrics, _, _ = score_seeds(cfg, model, ext, layout, names, labels, out=None, bar=bar, crf=crf, bg=bg)
-            return metrics
+            # Numbers only (MLflow metrics, Optuna user attrs): the OT summary dict becomes ot_<key>.
+            ot = metrics.pop("ot", None) or {}
+            metrics.update({f"ot_{k}": float(v) for k, v in ot.items()})
+            return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         return score
 
 
