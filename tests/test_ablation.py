@@ -86,7 +86,9 @@ def table(smoke_workspace, dfa_cli, tmp_path_factory):
     ws = tmp_path_factory.mktemp("ablation") / "ws"
     shutil.copytree(smoke_workspace, ws)
     db = ws / "mlflow.db"
-    cmd = ["ablation", "--smoke", "--rows", "0,4", "--seeds", "0,1", "-S", f"tracking.uri=sqlite:///{db}"]
+    # half the smoke steps and images: the table's layout, seeds and resumption do not need more
+    cmd = ["ablation", "--smoke", "--rows", "0,4", "--seeds", "0,1", "-S", f"tracking.uri=sqlite:///{db}",
+           "-S", "train.steps=6", "-S", "data.max_seed_images=8"]
     dfa_cli(ws, *cmd, timeout=1200)
     return ws, db, cmd
 
