@@ -87,7 +87,10 @@ def test_search_cli_two_trials_then_one_more(smoke_workspace, dfa_cli, stores):
     dfa_cli(smoke_workspace, *cmd, "--n-trials", "2")
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{storage}")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
-    assert all(0 <= t.value <= 100 and t.user_attrs["mlflow_run_id"] for t in study.trials)
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=f"sqlite:///{mlflow_db}")
+    for t in study.trials:  # the objective Optuna stored is the seed mIoU the trial's MLflow run logged
+        assert t.value == pytest.approx(client.get_run(t.user_attrs["mlflow_run_id"]).data.metrics["seed_miou"])
 
     (parent,) = mlflow_runs(mlflow_db, "tags.stage = 'search' and tags.`optuna.study` = 'smoke'")
     trials = mlflow_runs(mlflow_db, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
