@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"lr-low": "train.lr=0.0001", "lr-high": "train.lr=0.0004"}
 # Below --smoke: the claim is about DVC's queue and MLflow's runs, not what the model learns, so
 # every stage runs at the least size that still makes all its outputs.
-TINY = {"data.synthetic.num_pretrain": 16, "data.synthetic.num_train_aug": 16, "pretrain.steps": 4,
+TINY = {"data.synthetic.num_pretrain": 16, "data.synthetic.num_train_aug": 16, "data.synthetic.num_train": 8,
+        "data.synthetic.num_tune": 4, "data.synthetic.num_val": 4, "pretrain.steps": 4,
         "pretrain.warmup": 1, "train.steps": 4, "train.warmup": 1, "train.checkpoint_interval": 2,
         "data.max_seed_images": 4, "data.max_eval_images": 4, "eval.scales": [1.0], "refine.bg_grid": [1.0]}
 

@@ -226,7 +226,11 @@ def test_search_prepare_runs_the_missing_stages(tmp_path, dfa_cli):
     (ws / "params.yaml").write_text((REPO / "params.yaml").read_text())
     db = tmp_path / "optuna.db"
     cmd = ["search", "--smoke", "--space", str(REPO / "experiments/frequency.yaml"), "--study", "fresh",
-           "-S", f"search.storage=sqlite:///{db}", "-S", "tracking.enabled=false", "--n-trials", "1"]
+           "-S", f"search.storage=sqlite:///{db}", "-S", "tracking.enabled=false", "--n-trials", "1",
+           # below --smoke (which stages run is the claim, not what they make): a third of the images and steps
+           "-S", "data.synthetic.num_pretrain=16", "-S", "pretrain.steps=4", "-S", "pretrain.warmup=1",
+           "-S", "data.synthetic.num_train_aug=16", "-S", "data.synthetic.num_train=8",
+           "-S", "data.synthetic.num_tune=4"]
     proc = dfa_cli(ws, *cmd, check=False)
     assert proc.returncode == 2 and "smoke/data/synthetic: dataset folder not found" in proc.stderr
     assert "`dfa prepare`" in proc.stderr and "(2 more missing)" in proc.stderr
