@@ -4,7 +4,7 @@ PY := .venv/bin/python
 STAMP := .venv/.installed
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup test test-fast repro ablation-table ablation-table-alt ablation-table-small bench ui dashboard clean-smoke postgres postgres-stop mlflow-server
+.PHONY: setup test test-fast repro ablation-table ablation-table-alt ablation-table-small bench ui dashboard clean-smoke postgres postgres-stop mlflow-server rehearse-voc rehearse-coco
 
 # .venv is (re)built when missing or older than pyproject.toml.
 $(STAMP): pyproject.toml
@@ -64,6 +64,18 @@ ablation-table-small: $(STAMP)
 	cp runs/small/reports/ablation.md runs/small/reports/ablation.csv runs/small/reports/metrics/clip.json \
 	  runs/small/reports/metrics/data.json reports/small/
 	cp runs/small/reports/figures/ablation.png reports/small/figures/
+
+# Dress rehearsal of a real run (README "Real data"): a stand-in tree in VOC's (COCO's) exact layout,
+# check-data, then every stage with --profile voc (coco), a random-weight ViT-B-16 and a few dozen
+# steps, all under runs/rehearse-voc (-coco), with assertions on grid, K, OT columns and artifacts.
+# Its numbers mean nothing. REHEARSE_ARGS passes sizes, e.g. REHEARSE_ARGS="--images 20 --steps 12".
+REHEARSE_ARGS ?=
+
+rehearse-voc: $(STAMP)
+	$(PY) experiments/rehearse.py --kind voc $(REHEARSE_ARGS)
+
+rehearse-coco: $(STAMP)
+	$(PY) experiments/rehearse.py --kind coco $(REHEARSE_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m dfa bench

@@ -25,6 +25,8 @@ COMMANDS = {
     "search": ("dfa.stages.search", "an Optuna study over a search space in experiments/"),
     "ablation": ("dfa.stages.ablation", "the ablation table: rows 0-4, references and ceilings over seeds"),
     "bench": ("dfa.stages.bench", "speed benchmarks against peers, written to reports/bench.json"),
+    "config": ("dfa.stages.show_config", "print the resolved params, each value with its source (default, "
+                                         "study:NAME, profile:NAME, smoke, override)"),
     "ui": ("dfa.stages.ui", "serve MLflow's UI on the tracking store; prints the runs table's URL"),
     "dashboard": ("dfa.stages.ui", "serve optuna-dashboard on the study storage (search.storage)"),
 }
@@ -37,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-S", "--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a dotted params key (repeatable)")
     common.add_argument("--smoke", action="store_true", help="tiny data, model and steps (seconds)")
+    common.add_argument("--profile", default=None, metavar="NAME",
+                        help="a dataset profile, experiments/profiles/NAME.yaml (voc, coco; method.md §13): "
+                             "above the params file, below -S (as -S profile=NAME)")
+    common.add_argument("--portable", action="store_true",
+                        help="pin torch's, MKL's and oneDNN's kernel paths to AVX2 (as DFA_PORTABLE=1; "
+                             "README, Reproducibility)")
     parser = argparse.ArgumentParser(prog="dfa", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
@@ -46,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--kind", default=None,
                            help="voc | coco | synthetic | custom (default: guessed from the tree, and said)")
             p.add_argument("--split", action="append", default=None, help="split(s) to check")
+            p.add_argument("--no-counts", action="store_true",
+                           help="do not require the official image counts of voc/coco (a subset, a rehearsal tree)")
         if name == "search":
             p.add_argument("--space", required=True, help="search space YAML (experiments/*.yaml)")
             p.add_argument("--study", required=True, help="study name")
@@ -78,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--only", default=None,
                            help="comma-separated sections (sinkhorn,train_step,crf,gpu,search_scaling; default all)")
             p.add_argument("--out", default=None, help="report path (default reports/bench.json)")
+        if name == "config":
+            p.add_argument("--format", choices=("tree", "yaml"), default="tree",
+                           help="tree: rich tree with sources (default); yaml: plain YAML that --params reads back")
         if name in SERVER_PORTS:
             p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
             p.add_argument("--port", type=int, default=SERVER_PORTS[name],
@@ -87,7 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The kernel pins act only if they are in the environment before torch loads (dfa.kernels).
+    from dfa.kernels import PortableError, apply_portable, portable_level
+    try:
+        level = portable_level(os.environ.get("DFA_PORTABLE")) or ("avx2" if args.portable else None)
+        if level:
+            apply_portable(level)
+    except PortableError as exc:
+        print(f"dfa {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     from dfa.config import ConfigError, load_config
+    if args.profile:  # as an override, so the commands that reload params per cell or trial keep it
+        args.overrides = [f"profile={args.profile}", *args.overrides]
     from dfa.errors import WorkbenchError
 
     module = importlib.import_module(COMMANDS[args.command][0])

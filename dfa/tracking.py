@@ -31,9 +31,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from dfa.config import Config
+from dfa.config.profiles import provenance_of
 from dfa.repo import git_commit, git_dirty, repo_root
 
 PIPELINE_TAG = "dfa.pipeline_id"
+# The run's dataset profile (method.md §13) and, per key not from params.yaml, its source
+# (``source.ot.prior = study:method-v2b``, ``source.train.steps = profile:voc``; dfa.profiles).
+PROFILE_TAG, SOURCE_TAG = "dfa.profile", "source."
 # MLflow 3 reads this experiment tag to choose the experiment's landing tab (runs vs GenAI overview).
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 # Copied (rounded to 2 decimals) from a stage's run to its pipeline's parent run, so the parent
@@ -197,7 +201,8 @@ def _creation_lock(uri: str) -> Iterator[None]:
 
 def _tags(cfg: Config) -> dict[str, str]:
     tags = {"mlflow.source.git.commit": git_commit(), "dataset": cfg.data.name,
-            "ablation.row": str(cfg.ablation.row), "smoke": str(cfg.smoke)}
+            "ablation.row": str(cfg.ablation.row), "smoke": str(cfg.smoke),
+            PROFILE_TAG: provenance_of(cfg).profile or "none"}
     if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run` (queued or not): which experiment
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
     return tags
@@ -246,7 +251,9 @@ def _timed(cfg: Config, stage: str) -> Iterator[None]:
 def _mlflow_run(cfg: Config, stage: str, nested_in: str | None, extra_tags: dict | None) -> Iterator[NullRun]:
     import yaml
     client, exp_id = client_for(cfg)
-    tags = {**_tags(cfg), "stage": stage, **(extra_tags or {})}
+    # Where each value came from, for the keys not from params.yaml as it is: runs compare by source.
+    sources = {f"{SOURCE_TAG}{k}": v for k, v in provenance_of(cfg).non_default().items()}
+    tags = {**_tags(cfg), **sources, "stage": stage, **(extra_tags or {})}
     parent = nested_in
     if parent is None and (pid := pipeline_id()):
         parent = _parent(client, exp_id, pid, cfg)

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from dfa.config.profiles import ProfileError, Provenance, read_profile, sources, study_sources
 from dfa.config.checks import ConfigError, build
 from dfa.config.root import Config
 from dfa.config.runs import TrackingConfig
@@ -56,22 +57,40 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = (),
                 smoke: bool = False) -> Config:
-    """Read params (if the file exists), apply ``--smoke`` then ``-S`` overrides, validate."""
+    """Read params (if the file exists), apply the profile, ``--smoke``, then ``-S`` overrides,
+    validate; ``cfg.provenance`` says where each value came from (:mod:`dfa.config.profiles`)."""
     raw: dict[str, Any] = read_yaml_mapping(path, "params file") if path is not None else {}
     parsed = [parse_override(t) for t in overrides]
+    # ``profile`` (top level, or -S profile=NAME / --profile NAME) picks a params layer; it is
+    # not a Config field, so the fingerprints and MLflow params of a run without one are unchanged.
+    profile = raw.pop("profile", None)
+    profile = next((v for k, v in reversed(parsed) if k == "profile"), profile)
+    parsed = [(k, v) for k, v in parsed if k != "profile"]
+    if profile is not None and not isinstance(profile, str):
+        raise ConfigError(f"profile: expected a profile name, got {profile!r}")
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if profile:
+        try:
+            values = read_profile(profile, set(Config().flat()))
+        except ProfileError as exc:
+            raise ConfigError(str(exc)) from None
+        for k, v in values.items():
+            set_dotted(raw, k, v)
+        layers.append((f"profile:{profile}", values))
     if smoke:
-        for k, v in SMOKE_OVERRIDES.items():
-            set_dotted(raw, k, v)
         name = dict(parsed).get("data.name", (raw.get("data") or {}).get("name", "synthetic"))
-        for k, v in {**SMOKE_PATHS, **(SMOKE_SYNTHETIC_PATHS if name == "synthetic" else {})}.items():
-            set_dotted(raw, k, v)
         experiment = (raw.get("tracking") or {}).get("experiment", TrackingConfig.experiment)
-        set_dotted(raw, "tracking.experiment", f"{experiment}-smoke")
-        raw["smoke"] = True
+        values = {**SMOKE_OVERRIDES, **SMOKE_PATHS, **(SMOKE_SYNTHETIC_PATHS if name == "synthetic" else {}),
+                  "tracking.experiment": f"{experiment}-smoke", "smoke": True}
+        for k, v in values.items():
+            set_dotted(raw, k, v)
+        layers.append(("smoke", values))
     for k, v in parsed:
         set_dotted(raw, k, v)
+    layers.append(("override", dict(parsed)))
     cfg = build(Config, raw, "")
     cfg.check()
+    cfg.provenance = Provenance(profile or None, sources(cfg.flat(), layers, study_sources()))
     return cfg
 
 

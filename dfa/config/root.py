@@ -4,6 +4,7 @@ and where a run writes its fixed artifacts (``out_root``, ``smoke/``).
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,9 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     smoke: bool = False
+    # Where each value came from (dfa.config.profiles); set by load_config, outside the dataclass
+    # fields so that to_dict/flat (fingerprints, MLflow params) do not carry it.
+    provenance: typing.ClassVar = None
 
     def check(self) -> None:
         _choice("device", self.device, ("auto", "cpu", "cuda"))

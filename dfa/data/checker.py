@@ -162,10 +162,12 @@ def guess_kind(root: str | Path) -> tuple[str, str]:
                     f"no ImageSets/Segmentation/*.txt); pass --kind voc|coco|synthetic|custom")
 
 
-def check_data_main(root: str | Path, kind: str | None = None, splits: Iterable[str] | None = None) -> int:
+def check_data_main(root: str | Path, kind: str | None = None, splits: Iterable[str] | None = None,
+                    counts: bool = True) -> int:
     """CLI body: print ``OK: ...`` and return 0, or one problem per line on stderr and return 1.
 
-    Without ``kind`` it is guessed from the tree (:func:`guess_kind`) and the guess is printed."""
+    Without ``kind`` it is guessed from the tree (:func:`guess_kind`) and the guess is printed.
+    ``counts``: require VOC's / COCO's official number of images per split."""
     try:
         if kind is None:
             kind, why = guess_kind(root)
@@ -174,7 +176,7 @@ def check_data_main(root: str | Path, kind: str | None = None, splits: Iterable[
         spec = spec_for(kind, root)
         splits = [splits] if isinstance(splits, str) else splits
         splits = list(splits) if splits is not None else list(layout.default_splits)
-        problems = check_tree(layout, spec.num_classes, splits, EXPECTED_COUNTS.get(kind))
+        problems = check_tree(layout, spec.num_classes, splits, EXPECTED_COUNTS.get(kind) if counts else None)
     except (DataError, ValueError, OSError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1

@@ -13,8 +13,9 @@ sit in a ``train2014`` / ``val2014`` subfolder taken from the name
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 KINDS = ("voc", "coco", "synthetic", "custom")
 # Splits a kind has by default (the checker lists these unless told otherwise).
@@ -37,6 +38,10 @@ class Layout:
 
     root: Path
     kind: str = "voc"
+    tune_split: str = "tune"   # the split ``dfa prepare`` draws (method.md §12); named in its error
+    # Lists held in memory instead of a file: a smoke run on a user's tree draws the tune split
+    # here, because it must not write into that tree (README, "The pipeline").
+    memory: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
@@ -75,11 +80,15 @@ class Layout:
         Some VOC lists carry ``image mask`` pairs or ``/JPEGImages/x.jpg`` paths; only the
         first column is kept, without folder and image extension.
         """
+        if split in self.memory:
+            return list(self.memory[split])
         path = self.list_path(split)
         try:
             text = path.read_text()
         except FileNotFoundError:
-            raise DataError(f"{path}: list file for split {split!r} is missing") from None
+            fix = "run `dfa prepare` to draw it (method.md §12)" if split == self.tune_split else \
+                "`dfa prepare` checks the tree and lists what it lacks"
+            raise DataError(f"{path}: list file for split {split!r} is missing; {fix}") from None
         except OSError as exc:
             raise DataError(f"{path}: unreadable list file ({exc})") from None
         names = [_stem(line.split()[0]) for line in text.splitlines() if line.strip()]

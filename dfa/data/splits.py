@@ -4,7 +4,8 @@
 split (``train``) and disjoint from it and from ``val``; no default may be chosen on
 ``train`` or ``val``. The synthetic generator writes it directly; for a real tree (VOC,
 COCO, custom) ``dfa prepare`` draws it once, deterministically, and writes
-``ImageSets/Segmentation/tune.txt`` if it is missing.
+``ImageSets/Segmentation/tune.txt`` if it is missing. A ``--smoke`` run draws the same split
+in memory instead (it never writes into a user's tree).
 """
 from __future__ import annotations
 
@@ -25,13 +26,19 @@ def draw_tune(train: list[str], seed_split: list[str], eval_split: list[str], si
     return [n for i, n in enumerate(pool) if i in pick]
 
 
+def tune_of(layout: Layout, train_split: str, seed_split: str, eval_split: str, seed: int = 0) -> list[str]:
+    """The tune split a tree without one gets: the size of the seed split, as far as the
+    training list has room outside it."""
+    train, seeds, evals = (layout.read_list(s) for s in (train_split, seed_split, eval_split))
+    return draw_tune(train, seeds, evals, min(len(seeds), max(0, len(train) - len(seeds))), seed)
+
+
 def ensure_tune(layout: Layout, train_split: str, seed_split: str, eval_split: str, tune_split: str = "tune",
                 seed: int = 0) -> bool:
     """Write ``tune_split`` into the tree if it has none; returns whether it was written."""
     if layout.list_path(tune_split).exists():
         return False
-    train, seeds, evals = (layout.read_list(s) for s in (train_split, seed_split, eval_split))
-    names = draw_tune(train, seeds, evals, min(len(seeds), max(0, len(train) - len(seeds))), seed)
+    names = tune_of(layout, train_split, seed_split, eval_split, seed)
     write_text(layout.list_path(tune_split), "\n".join(names) + "\n")
     return True
 

@@ -2,6 +2,8 @@
 metrics files, DenseCRF parameters."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import random
 from contextlib import contextmanager
@@ -15,8 +17,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dfa.config import Config
 from dfa.data.classes import ClassSpec, spec_for
 from dfa.data.layout import DataError, Layout
+from dfa.data.splits import tune_of
 from dfa.errors import WorkbenchError
 from dfa.io import write_json
+from dfa.kernels import cpu_model, kernel_env, torch_build
+from dfa.config.profiles import provenance_of
 from dfa.repo import git_commit, repo_root  # noqa: F401  (stages import them from here)
 
 console = Console(stderr=True)
@@ -46,15 +51,24 @@ def setup(cfg: Config) -> torch.device:
 
 def run_env(cfg: Config) -> dict:
     """What a metric's last digits depend on besides params, code and data: the thread count,
-    torch's version, the CPU kernel family torch dispatched to and the device."""
+    torch's version, the CPU kernel family torch dispatched to, the device, the CPU itself, the
+    BLAS/oneDNN build and the portable mode's kernel pins (``dfa.kernels``)."""
     return {"threads": torch.get_num_threads(), "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": device_of(cfg).type,
-            "deterministic": cfg.deterministic}
+            "deterministic": cfg.deterministic, "cpu": cpu_model(), "torch_build": _torch_build(),
+            **kernel_env()}
+
+
+@functools.cache
+def _torch_build() -> dict[str, str]:
+    return torch_build(torch.__config__.show())
 
 
 def write_metrics(cfg: Config, path: str | Path, metrics: dict) -> None:
-    """A stage's metrics JSON (under ``smoke/`` with --smoke), with :func:`run_env` as ``env``."""
-    write_json(cfg.out(path), {**metrics, "env": run_env(cfg)})
+    """A stage's metrics JSON (under ``smoke/`` with --smoke), with :func:`run_env` as ``env`` and
+    where the params came from as ``config_sources``: the profile and every key whose source is
+    not ``default`` (``dfa.config.profiles``)."""
+    write_json(cfg.out(path), {**metrics, "config_sources": provenance_of(cfg).record(), "env": run_env(cfg)})
 
 
 def seed_everything(seed: int) -> None:
@@ -67,7 +81,19 @@ def layout_of(cfg: Config) -> Layout:
     root = Path(cfg.data.root)
     if not root.exists():
         raise WorkbenchError(f"{root}: dataset folder not found (data.root; run `dfa prepare` for the synthetic set)")
-    return Layout(root, cfg.data.name)
+    return with_smoke_tune(cfg, Layout(root, cfg.data.name, tune_split=cfg.data.tune_split))
+
+
+def with_smoke_tune(cfg: Config, layout: Layout) -> Layout:
+    """A ``--smoke`` run on a tree without a tune list draws it in memory, as ``dfa prepare``
+    would write it (same names): a smoke run never writes into a user's tree. Otherwise the
+    layout is unchanged, and a missing tune list names ``dfa prepare`` as the fix."""
+    d = cfg.data
+    if not cfg.smoke or layout.list_path(d.tune_split).exists():
+        return layout
+    with data_errors():
+        names = tune_of(layout, d.train_split, d.seed_split, d.eval_split, cfg.seed)
+    return dataclasses.replace(layout, memory={d.tune_split: tuple(names)})
 
 
 def class_spec(cfg: Config) -> ClassSpec:

@@ -13,7 +13,7 @@ from dfa.data import checker, download, synthetic
 from dfa.data.layout import Layout
 from dfa.data.splits import ensure_tune
 from dfa.errors import WorkbenchError
-from dfa.stages.common import console, data_errors, progress, setup, write_metrics
+from dfa.stages.common import console, data_errors, progress, setup, with_smoke_tune, write_metrics
 from dfa.tracking import stage_run
 
 METRICS = Path("reports/metrics/data.json")
@@ -43,11 +43,14 @@ def prepare(cfg: Config, args=None) -> int:
         elif not root.exists():
             raise WorkbenchError(f"{root}: dataset folder not found (data.root). Lay out {cfg.data.name} as "
                                  f"described in README.md (VOCdevkit/VOC2012 style) and point data.root at it")
-        layout = Layout(root, cfg.data.name)
-        spec = checker.spec_for(cfg.data.name, root)
         d = cfg.data
+        layout = with_smoke_tune(cfg, Layout(root, cfg.data.name, tune_split=d.tune_split))
+        spec = checker.spec_for(cfg.data.name, root)
+        if layout.memory:
+            console.print(f"--smoke: the tune split is drawn in memory, not written into {root} (method.md §12)")
         with data_errors():
-            if ensure_tune(layout, d.train_split, d.seed_split, d.eval_split, d.tune_split, cfg.seed):
+            if not layout.memory and ensure_tune(layout, d.train_split, d.seed_split, d.eval_split, d.tune_split,
+                                                 cfg.seed):
                 console.print(f"wrote the tune split {layout.list_path(d.tune_split)} (method.md §12)")
         splits = [cfg.data.train_split, cfg.data.seed_split, cfg.data.tune_split, cfg.data.eval_split]
         splits = list(dict.fromkeys(splits))
@@ -67,4 +70,5 @@ def prepare(cfg: Config, args=None) -> int:
 
 
 def check_data(cfg: Config, args) -> int:
-    return checker.check_data_main(args.root, args.kind, args.split)  # no --kind: guessed from the tree
+    # no --kind: guessed from the tree
+    return checker.check_data_main(args.root, args.kind, args.split, counts=not args.no_counts)

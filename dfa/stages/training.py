@@ -329,7 +329,8 @@ def fit(cfg: Config, run, callback=None) -> dict:
     save_resume(cfg.train.steps)
     return {"final_step": cfg.train.steps, "state_digest": digest, "curve": curve, "alpha": float(model.alpha),
             "final_loss": float(np.mean([r["loss_total"] for r in curve[-20:]])) if curve else None,
-            "grid": list(first["grid"]), "resolved": sizes, "train_bg_power": float(model.train_bg_power)}
+            "grid": list(first["grid"]), "attention_layers": int(first["attn"].shape[1]),  # K of §1, as used
+            "resolved": sizes, "train_bg_power": float(model.train_bg_power)}
 
 
 @torch.no_grad()
