@@ -1,4 +1,6 @@
-"""Shared fixtures: a smoke workspace (data, small CLIP, feature cache) built once per session.
+"""Shared fixtures, each built once per session: a smoke workspace (data, small CLIP, feature
+cache), the same with a trained smoke model, and that with its pseudo masks and evaluation.
+They are read-only to tests: a test that runs a stage in one works on a ``copy_of`` it.
 
 Stages run as ``python -m dfa`` subprocesses in a temporary folder, so they see the CLI
 exactly as a user does and never write into the repository. The folder is not a git
@@ -43,6 +45,31 @@ def smoke_workspace(tmp_path_factory) -> Path:
     for stage in ("prepare", "pretrain-clip", "cache"):
         run_dfa(ws, stage, "--smoke", "-S", "tracking.enabled=false")
     return ws
+
+
+@pytest.fixture(scope="session")
+def smoke_trained(smoke_workspace, tmp_path_factory) -> Path:
+    """``smoke_workspace`` plus ``dfa train --smoke`` (tracking off): the smoke model, trained once."""
+    ws = tmp_path_factory.mktemp("smoke-trained") / "ws"
+    shutil.copytree(smoke_workspace, ws)
+    run_dfa(ws, "train", "--smoke", "-S", "tracking.enabled=false")
+    return ws
+
+
+@pytest.fixture(scope="session")
+def smoke_evaluated(smoke_trained, tmp_path_factory) -> Path:
+    """``smoke_trained`` plus ``dfa pseudo --smoke`` and ``dfa evaluate --smoke`` (tracking off)."""
+    ws = tmp_path_factory.mktemp("smoke-evaluated") / "ws"
+    shutil.copytree(smoke_trained, ws)
+    for stage in ("pseudo", "evaluate"):
+        run_dfa(ws, stage, "--smoke", "-S", "tracking.enabled=false")
+    return ws
+
+
+def copy_of(workspace: Path, dest: Path) -> Path:
+    """A private copy of a session workspace, for a test that runs stages or changes files."""
+    shutil.copytree(workspace, dest)
+    return dest
 
 
 @pytest.fixture(scope="session")

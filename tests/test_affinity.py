@@ -4,6 +4,7 @@ import torch
 
 from dfa.affinity import (AffinityHead, inverse_attention, propagate, sinkhorn_normalize,
                           spectral_inverse_literal, square, symmetrize)  # noqa: F401
+from tests.references import anchor_norm
 
 
 def _attention(b=2, n=16, seed=0):
@@ -114,7 +115,9 @@ def test_row0_is_the_untrained_attention_affinity():
     attn = _layer_attention()
     aff = _model(0).affinities(attn, (4, 5))
     w = attn / attn.sum(-1, keepdim=True)                            # §1 v2: rows renormalised
-    assert torch.equal(aff.s, sinkhorn_normalize(w.mean(1), 3)) and aff.inv is None
+    ref = anchor_norm(w.double().mean(1).numpy(), 3)               # float64, from method.md's words
+    torch.testing.assert_close(aff.s, torch.from_numpy(ref).float(), atol=1e-6, rtol=1e-5)
+    assert aff.inv is None
     v1 = _model(0, **{"affinity.renorm_rows": "false"}).affinities(attn, (4, 5))
     assert not torch.allclose(v1.s, aff.s)                           # the v1 reading differs
 

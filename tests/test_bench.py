@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from dfa.config import load_config
-from dfa.stages.bench import bench
+from dfa.stages.bench import SECTIONS, bench
 
 REPO = Path(__file__).resolve().parents[1]
 NUM = (int, float)
@@ -20,6 +21,7 @@ NUM = (int, float)
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
+    """Every section but ``search_scaling`` (its own test below, on the session's smoke workspace)."""
     ws = tmp_path_factory.mktemp("bench")
     shutil.copy(REPO / "params.yaml", ws / "params.yaml")
     timings = ws / "smoke" / "reports" / "timings"  # --smoke reads and writes under smoke/
@@ -32,7 +34,8 @@ def report(tmp_path_factory) -> dict:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(ws)
         cfg = load_config("params.yaml", ["tracking.enabled=false"], smoke=True)
-        assert bench(cfg) == 0
+        sections = ",".join(s for s in SECTIONS if s != "search_scaling")
+        assert bench(cfg, SimpleNamespace(only=sections, out=None)) == 0
         return json.loads((ws / "smoke" / "reports" / "bench.json").read_text())
 
 
@@ -93,7 +96,6 @@ def test_targets_are_reported_not_enforced(report):
 
 
 def test_only_runs_the_named_sections(tmp_path, monkeypatch):
-    from types import SimpleNamespace
     monkeypatch.chdir(tmp_path)
     cfg = load_config(REPO / "params.yaml", ["tracking.enabled=false"], smoke=True)
     out = tmp_path / "one.json"
@@ -106,8 +108,6 @@ def test_only_runs_the_named_sections(tmp_path, monkeypatch):
 
 
 def test_unknown_section_is_refused(tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
     from dfa.errors import WorkbenchError
     monkeypatch.chdir(tmp_path)
     cfg = load_config(REPO / "params.yaml", ["tracking.enabled=false"], smoke=True)
@@ -115,8 +115,12 @@ def test_unknown_section_is_refused(tmp_path, monkeypatch):
         bench(cfg, SimpleNamespace(only="sinkhorn,gpus", out=None))
 
 
-def test_search_scaling_entry(report):
-    sc = report["search_scaling"]
+def test_search_scaling_entry(smoke_workspace, tmp_path, monkeypatch):
+    from dfa.stages.bench.search_scaling import bench_search_scaling
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    cfg = load_config("params.yaml", ["tracking.enabled=false"], smoke=True)
+    sc = bench_search_scaling(cfg, True, prepared=smoke_workspace)
     if "skipped" in sc:
         pytest.skip(f"search_scaling was skipped by the benchmark: {sc['skipped']}")
     assert sc["storage"] == "postgresql" and sc["trials_per_run"] == 4 and sc["warm_trials_per_min_2_workers"] > 0

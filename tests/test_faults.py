@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from dfa.io import atomic_path, write_json
+from tests.conftest import copy_of
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -31,11 +32,9 @@ def test_atomic_write_survives_a_full_disk(tmp_path):
 
 
 @pytest.fixture()
-def ws(smoke_workspace, tmp_path, dfa_cli):
-    ws = tmp_path / "ws"
-    shutil.copytree(smoke_workspace, ws)
-    dfa_cli(ws, "train", "--smoke", "-S", "tracking.enabled=false")
-    return ws
+def ws(smoke_trained, tmp_path):
+    """A private copy of the session's trained smoke workspace (the tests change files in it)."""
+    return copy_of(smoke_trained, tmp_path / "ws")
 
 
 def test_nan_loss_names_step_and_term_and_keeps_last_good_state(ws, dfa_cli):

@@ -5,21 +5,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfa.affinity import sinkhorn_normalize
 from dfa.refine import PAR, product_refine
+from tests.references import anchor_norm, minmax_tokens
 
 
-def test_product_refine_matches_manual():
+def test_product_refine_matches_a_float64_reading_of_the_spec():
+    """E(⊙) (§7): Norm(A1 ⊙ A2), squared, applied to the CAM, each class min-max normalised;
+    the reference is numpy float64 from method.md's words (tests/references.py), not the module."""
     g = torch.Generator().manual_seed(0)
     a1 = torch.sigmoid(torch.randn(2, 16, 16, generator=g))
     a2 = torch.sigmoid(torch.randn(2, 16, 16, generator=g))
     cam = torch.rand(2, 16, 3, generator=g)
     out = product_refine([a1, a2], cam, rounds=3, square=True)
-    aff = sinkhorn_normalize(a1 * a2, rounds=3)
-    ref = (aff @ aff) @ cam
-    lo, hi = ref.amin(1, keepdim=True), ref.amax(1, keepdim=True)
-    ref = (ref - lo) / (hi - lo)
-    torch.testing.assert_close(out, ref)
+    aff = anchor_norm(a1.double().numpy() * a2.double().numpy(), rounds=3)
+    ref = minmax_tokens(aff @ aff @ cam.double().numpy())
+    torch.testing.assert_close(out, torch.from_numpy(ref).float(), atol=1e-5, rtol=1e-4)
+    # identity affinities leave the tokens where they are: the output is the CAM, min-max normalised
+    eye = torch.eye(16).expand(2, 16, 16)
+    torch.testing.assert_close(product_refine([eye, eye], cam), torch.from_numpy(minmax_tokens(cam.numpy())).float())
     assert out.amin(1).abs().max() < 1e-6 and (out.amax(1) - 1).abs().max() < 1e-6
     single = product_refine([a1], cam, square=False)
     assert single.shape == (2, 16, 3)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import cli_env
+from tests.conftest import cli_env, copy_of
 
 STEPS = ["-S", "train.steps=40", "-S", "train.checkpoint_interval=5", "-S", "tracking.enabled=false"]
 
@@ -73,10 +73,8 @@ def test_interrupted_training_resumes_bit_identical(smoke_workspace, tmp_path, r
     assert _digest(ws) == reference
 
 
-def test_changed_params_do_not_resume_from_a_foreign_checkpoint(smoke_workspace, tmp_path, dfa_cli):
-    ws = tmp_path / "ws"
-    shutil.copytree(smoke_workspace, ws)
-    dfa_cli(ws, "train", "--smoke", "-S", "tracking.enabled=false")
+def test_changed_params_do_not_resume_from_a_foreign_checkpoint(smoke_trained, tmp_path, dfa_cli):
+    ws = copy_of(smoke_trained, tmp_path / "ws")    # trained with the smoke params
     proc = dfa_cli(ws, "train", "--smoke", "-S", "tracking.enabled=false", "-S", "loss.lambda_rect=0.5")
     assert "made with other params; starting afresh" in proc.stderr
 

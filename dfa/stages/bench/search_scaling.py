@@ -107,7 +107,9 @@ def _storage_overhead(cfg: Config, urls: dict[str, tuple[str, str]], trials: int
     return out
 
 
-def bench_search_scaling(cfg: Config, smoke: bool) -> dict:
+def bench_search_scaling(cfg: Config, smoke: bool, prepared: Path | None = None) -> dict:
+    """The section's entry. ``prepared``: a workspace whose ``smoke/`` tree (data, CLIP, cache) is
+    copied in first, so ``--prepare`` finds those stages done (the tests' shared workspace)."""
     why = unavailable()
     if why:
         return {"skipped": why}
@@ -120,6 +122,8 @@ def bench_search_scaling(cfg: Config, smoke: bool) -> dict:
         pg.create_db("optuna", "mlflow", "optuna_overhead", "mlflow_overhead")
         ws = tmp / "ws"
         ws.mkdir()
+        if prepared is not None:
+            shutil.copytree(Path(prepared) / "smoke", ws / "smoke")
         shutil.copy(Path("params.yaml") if Path("params.yaml").exists() else SPACE.parents[1] / "params.yaml",
                     ws / "params.yaml")
         storage, tracking = pg.url("optuna"), pg.url("mlflow")
