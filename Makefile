@@ -40,13 +40,18 @@ ALT := -S out_root=runs/alt -S tracking.experiment=dfa-alt -S data.root=data/syn
   -S data.synthetic.variant=alt -S data.synthetic.seed=7 -S "data.synthetic.size_range=[80,144]" \
   -S clip.checkpoint=checkpoints/clip-alt/model.pt -S cache.dir=cache/features-alt -S train.dir=checkpoints/dfa-alt
 
+# One other benchmark's table: $(1) its name (runs/$(1), reports/$(1)), $(2) its overrides.
+define other_benchmark_table
+	for stage in prepare pretrain-clip cache; do $(PY) -m dfa $$stage $(2) || exit 1; done
+	DFA_PIPELINE_ID=ablation-$(1)-$$(date +%Y%m%d-%H%M%S) $(PY) -m dfa ablation $(2) $(ABLATION_ARGS)
+	mkdir -p reports/$(1)/figures
+	cp runs/$(1)/reports/ablation.md runs/$(1)/reports/ablation.csv runs/$(1)/reports/metrics/clip.json \
+	  runs/$(1)/reports/metrics/data.json reports/$(1)/
+	cp runs/$(1)/reports/figures/ablation.png reports/$(1)/figures/
+endef
+
 ablation-table-alt: $(STAMP)
-	for stage in prepare pretrain-clip cache; do $(PY) -m dfa $$stage $(ALT) || exit 1; done
-	DFA_PIPELINE_ID=ablation-alt-$$(date +%Y%m%d-%H%M%S) $(PY) -m dfa ablation $(ALT) $(ABLATION_ARGS)
-	mkdir -p reports/alt/figures
-	cp runs/alt/reports/ablation.md runs/alt/reports/ablation.csv runs/alt/reports/metrics/clip.json \
-	  runs/alt/reports/metrics/data.json reports/alt/
-	cp runs/alt/reports/figures/ablation.png reports/alt/figures/
+	$(call other_benchmark_table,alt,$(ALT))
 
 # The third embedded benchmark (issue 17, method.md §12 v3): small objects. The base classes and
 # generator at object_scale [0.1, 0.3] of the short side (most objects cover a few % of the image,
@@ -58,12 +63,7 @@ SMALL := -S out_root=runs/small -S tracking.experiment=dfa-small -S data.root=da
   -S clip.checkpoint=checkpoints/clip-small/model.pt -S cache.dir=cache/features-small -S train.dir=checkpoints/dfa-small
 
 ablation-table-small: $(STAMP)
-	for stage in prepare pretrain-clip cache; do $(PY) -m dfa $$stage $(SMALL) || exit 1; done
-	DFA_PIPELINE_ID=ablation-small-$$(date +%Y%m%d-%H%M%S) $(PY) -m dfa ablation $(SMALL) $(ABLATION_ARGS)
-	mkdir -p reports/small/figures
-	cp runs/small/reports/ablation.md runs/small/reports/ablation.csv runs/small/reports/metrics/clip.json \
-	  runs/small/reports/metrics/data.json reports/small/
-	cp runs/small/reports/figures/ablation.png reports/small/figures/
+	$(call other_benchmark_table,small,$(SMALL))
 
 # Dress rehearsal of a real run (README "Real data"): a stand-in tree in VOC's (COCO's) exact layout,
 # check-data, then every stage with --profile voc (coco), a random-weight ViT-B-16 and a few dozen

@@ -7,7 +7,10 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 
 class ConfigError(ValueError):
@@ -102,3 +105,18 @@ def _auto_or_positive(key: str, value: Any) -> None:
 def _range(key: str, value: float, lo: float, hi: float) -> None:
     if not lo <= value <= hi:
         raise ConfigError(f"{key}: must lie in [{lo}, {hi}], got {value}")
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; a missing or bad file is a ConfigError naming it
+    (params, search spaces and profiles alike)."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: {what} not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return raw

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from dfa.config.profiles import ProfileError, Provenance, read_profile, sources, study_sources
-from dfa.config.checks import ConfigError, build
+from dfa.config.checks import ConfigError, build, read_yaml_mapping  # noqa: F401 (re-exported)
 from dfa.config.root import Config
 from dfa.config.runs import TrackingConfig
 from dfa.config.smoke import SMOKE_OVERRIDES, SMOKE_PATHS, SMOKE_SYNTHETIC_PATHS
@@ -39,20 +39,6 @@ def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
             node[p] = {}
         node = node[p]
     node[parts[-1]] = value
-
-
-def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
-    """A YAML file whose top level is a mapping; a missing or bad file is a ConfigError naming it."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: {what} not found")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: top level must be a mapping")
-    return raw
 
 
 def load_config(path: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = (),

@@ -26,6 +26,9 @@ from typing import Any, Mapping
 
 import yaml
 
+from dfa.config.checks import read_yaml_mapping
+from dfa.config.root import flatten
+
 PROFILE_DIR = Path("experiments/profiles")
 STUDY_SOURCES = "study_sources.yaml"
 # The checkout this code runs from: profiles are found there when the working directory has none
@@ -57,16 +60,6 @@ class ProfileError(ValueError):
     """A missing profile, or a key in it that no params dataclass knows; names the file."""
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _find(name: str) -> Path | None:
     for base in (Path.cwd(), PACKAGE_ROOT):
         if (base / PROFILE_DIR / name).is_file():
@@ -96,13 +89,7 @@ def profile_path(name: str) -> Path:
 def read_profile(name: str, known_keys: set[str]) -> dict[str, Any]:
     """The profile's values as dotted keys; every key must be one of ``known_keys``."""
     path = profile_path(name)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ProfileError(f"{path}: top level must be a mapping")
-    flat = _flatten(raw)
+    flat = flatten(read_yaml_mapping(path, "profile"))
     for key in flat:
         if key not in known_keys:
             raise ProfileError(f"{path}: {key}: unknown key (no params dataclass has it)")
