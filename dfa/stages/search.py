@@ -183,6 +183,9 @@ def open_study(cfg: Config, space: Space, name: str, worker: int = 0, workers: i
     # workers let TPE treat running trials as bad ("constant liar") instead of sampling beside them.
     study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.trials) + 10007 * worker,
                                                constant_liar=workers > 1)
+    if worker == 0 and not study.trials:
+        for point in space.enqueue:       # a new study tries the space's given points first
+            study.enqueue_trial(point, skip_if_exists=True)
     previous = study.user_attrs.get("space")
     if previous and previous != str(space.path):
         console.print(f"[yellow]study {name!r} was started with space {previous}, now {space.path}[/]")

@@ -44,6 +44,9 @@ class Space:
     direction: str = "maximize"
     fixed: dict[str, Any] = field(default_factory=dict)
     pruner: dict[str, int] = field(default_factory=dict)
+    # Points tried first when the study is new (e.g. the spec's and a probe's setting): TPE's
+    # random start-up then spends no trial rediscovering them. Keys left out are sampled.
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
 
 
 def override_text(key: str, value: Any) -> str:
@@ -55,7 +58,7 @@ def load_space(path: str | Path, cfg: Config) -> Space:
     """Read and check a space file; every error names the file and the key."""
     path = Path(path)
     raw = read_yaml_mapping(path, "search space")
-    unknown = sorted(set(raw) - {"metric", "direction", "params", "fixed", "pruner", "description"})
+    unknown = sorted(set(raw) - {"metric", "direction", "params", "fixed", "pruner", "enqueue", "description"})
     if unknown:
         raise ConfigError(f"{path}: {unknown[0]}: unknown key")
     known = set(cfg.flat())
@@ -79,7 +82,27 @@ def load_space(path: str | Path, cfg: Config) -> Space:
         params[key] = _param(path, key, spec, known)
     if not params:
         raise ConfigError(f"{path}: params: the space has no parameters")
-    return Space(path, params, metric, direction, fixed, pruner)
+    return Space(path, params, metric, direction, fixed, pruner, _enqueue(path, raw.get("enqueue"), params))
+
+
+def _enqueue(path: Path, raw: Any, params: dict[str, ParamSpec]) -> list[dict[str, Any]]:
+    """``enqueue``: a list of {searched key: value}; each value must lie in its key's range."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(p, dict) and p for p in raw):
+        raise ConfigError(f"{path}: enqueue: expected a list of non-empty mappings of searched keys")
+    for i, point in enumerate(raw):
+        for key, value in point.items():
+            where = f"{path}: enqueue[{i}].{key}"
+            spec = params.get(key)
+            if spec is None:
+                raise ConfigError(f"{where}: not a searched key (params)")
+            if spec.type == "categorical":
+                if value not in spec.choices:
+                    raise ConfigError(f"{where}: {value!r} is not one of {spec.choices}")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not spec.low <= value <= spec.high:
+                raise ConfigError(f"{where}: expected a number in [{spec.low}, {spec.high}], got {value!r}")
+    return [dict(p) for p in raw]
 
 
 def _param(path: Path, key: str, spec: Any, known: set[str]) -> ParamSpec:
