@@ -69,6 +69,14 @@ def test_frequency_and_ablation_spaces_cover_the_issue():
     ({"fixed": {"nope": 1}, "params": {"train.lr": {"type": "float", "low": 0.1, "high": 1}}}, "fixed.nope"),
     ({"params": {}}, "params"),
     ({"sampler": "tpe", "params": {}}, "sampler"),
+    ({"params": {"train.lr": {"type": "float", "low": 0.1, "high": 1}}, "enqueue": [{"train.steps": 3}]},
+     "enqueue[0].train.steps"),
+    ({"params": {"train.lr": {"type": "float", "low": 0.1, "high": 1}}, "enqueue": [{"train.lr": 2.0}]},
+     "enqueue[0].train.lr"),
+    ({"params": {"loss.align_form": {"type": "categorical", "choices": ["row"]}},
+      "enqueue": [{}, {"loss.align_form": "printed"}]}, "enqueue"),
+    ({"params": {"loss.align_form": {"type": "categorical", "choices": ["row"]}},
+      "enqueue": [{"loss.align_form": "printed"}]}, "enqueue[0].loss.align_form"),
 ])
 def test_bad_space_names_the_key(tmp_path, body, key):
     path = tmp_path / "space.yaml"
@@ -76,6 +84,24 @@ def test_bad_space_names_the_key(tmp_path, body, key):
     with pytest.raises(ConfigError) as err:
         search_space.load_space(path, load_config(None))
     assert f"{path}: {key}" in str(err.value)
+
+
+def test_a_new_study_tries_the_enqueued_points_first_and_only_once(tmp_path):
+    path = tmp_path / "space.yaml"
+    point = {"train.head_lr_mult": 25.0, "affinity.head": "bilinear"}
+    path.write_text(yaml.safe_dump({"params": {"train.head_lr_mult": {"type": "float", "low": 1, "high": 100},
+                                               "affinity.head": {"type": "categorical",
+                                                                 "choices": ["pointwise", "bilinear"]}},
+                                    "enqueue": [point]}))
+    cfg = load_config(None, [f"search.storage=sqlite:///{tmp_path}/optuna.db"])
+    space = search_space.load_space(path, cfg)
+    study = search_mod.open_study(cfg, space, "q")
+    study.optimize(lambda t: t.suggest_float("train.head_lr_mult", 1, 100)
+                   + (t.suggest_categorical("affinity.head", ["pointwise", "bilinear"]) == "bilinear"), n_trials=2)
+    assert study.trials[0].params == point and study.trials[0].value == 26.0
+    assert study.trials[1].params != point
+    again = search_mod.open_study(cfg, space, "q")       # a continued study does not enqueue again
+    assert [t.state for t in again.trials] == [TrialState.COMPLETE] * 2
 
 
 # ------------------------------------------------------------------------------ the CLI
