@@ -16,11 +16,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Two xdist workers, a test file per worker (module fixtures stay in one process; the session's
+# smoke workspaces are built once under a file lock, tests/conftest.py). PYTEST_ARGS adds options.
+XDIST := -n 2 --dist loadfile
 test: $(STAMP)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra $(XDIST) --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -ra -m "not slow"
+	$(PY) -m pytest -q -ra $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # One MLflow parent run per invocation groups the child run of every stage.
 repro: $(STAMP)

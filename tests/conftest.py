@@ -1,6 +1,8 @@
 """Shared fixtures, each built once per session: a smoke workspace (data, small CLIP, feature
 cache), the same with a trained smoke model, and that with its pseudo masks and evaluation.
 They are read-only to tests: a test that runs a stage in one works on a ``copy_of`` it.
+Under pytest-xdist (``make test`` runs two workers, a test file per worker) the first worker
+that needs one builds it under a file lock in the run's shared temp folder; the other reuses it.
 
 Stages run as ``python -m dfa`` subprocesses in a temporary folder, so they see the CLI
 exactly as a user does and never write into the repository. The folder is not a git
@@ -14,8 +16,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,39 +41,64 @@ def run_dfa(workspace: Path, *args: str, check: bool = True, timeout: int = 600)
     return proc
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """``<run temp>/<name>``, made by ``build(path)`` once per test run, across xdist workers too.
+
+    The first caller builds it under a file lock and marks it done; a build that fails leaves no
+    mark, so the next caller builds again (and fails with the same message) instead of using half.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent          # gw0, gw1 ... are subfolders of the run's one temp folder
+    path, done = base / name, base / f"{name}.done"
+    with FileLock(str(base / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            build(path)
+            done.touch()
+    return path
+
+
 @pytest.fixture(scope="session")
 def smoke_workspace(tmp_path_factory) -> Path:
     """A folder with params.yaml and the smoke dataset, small CLIP and feature cache."""
-    ws = tmp_path_factory.mktemp("smoke-workspace")
-    shutil.copy(REPO / "params.yaml", ws / "params.yaml")
-    for stage in ("prepare", "pretrain-clip", "cache"):
-        run_dfa(ws, stage, "--smoke", "-S", "tracking.enabled=false")
-    return ws
+    def build(ws: Path) -> None:
+        ws.mkdir(parents=True)
+        shutil.copy(REPO / "params.yaml", ws / "params.yaml")
+        for stage in ("prepare", "pretrain-clip", "cache"):
+            run_dfa(ws, stage, "--smoke", "-S", "tracking.enabled=false")
+    return built_once(tmp_path_factory, "smoke-workspace", build)
 
 
 @pytest.fixture(scope="session")
 def smoke_trained(smoke_workspace, tmp_path_factory) -> Path:
     """``smoke_workspace`` plus ``dfa train --smoke`` (tracking off): the smoke model, trained once."""
-    ws = tmp_path_factory.mktemp("smoke-trained") / "ws"
-    shutil.copytree(smoke_workspace, ws)
-    run_dfa(ws, "train", "--smoke", "-S", "tracking.enabled=false")
-    return ws
+    def build(ws: Path) -> None:
+        shutil.copytree(smoke_workspace, ws)
+        run_dfa(ws, "train", "--smoke", "-S", "tracking.enabled=false")
+    return built_once(tmp_path_factory, "smoke-trained", build)
 
 
 @pytest.fixture(scope="session")
 def smoke_evaluated(smoke_trained, tmp_path_factory) -> Path:
     """``smoke_trained`` plus ``dfa pseudo --smoke`` and ``dfa evaluate --smoke`` (tracking off)."""
-    ws = tmp_path_factory.mktemp("smoke-evaluated") / "ws"
-    shutil.copytree(smoke_trained, ws)
-    for stage in ("pseudo", "evaluate"):
-        run_dfa(ws, stage, "--smoke", "-S", "tracking.enabled=false")
-    return ws
+    def build(ws: Path) -> None:
+        shutil.copytree(smoke_trained, ws)
+        for stage in ("pseudo", "evaluate"):
+            run_dfa(ws, stage, "--smoke", "-S", "tracking.enabled=false")
+    return built_once(tmp_path_factory, "smoke-evaluated", build)
 
 
 def copy_of(workspace: Path, dest: Path) -> Path:
     """A private copy of a session workspace, for a test that runs stages or changes files."""
     shutil.copytree(workspace, dest)
     return dest
+
+
+def module_copy(workspace: Path, tmp_path_factory) -> Path:
+    """The body of a module's own ``smoke_workspace`` (a module that runs stages in it): the
+    session one is shared by xdist workers, which copy it while this module would write."""
+    return copy_of(workspace, tmp_path_factory.mktemp("module-ws") / "ws")
 
 
 @pytest.fixture(scope="session")

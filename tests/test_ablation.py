@@ -9,6 +9,15 @@ import pytest
 
 from dfa.stages.ablation import INIT, Entry, entries, parse_list, parse_rows
 
+from tests.conftest import module_copy
+
+
+@pytest.fixture(scope="module")
+def smoke_workspace(smoke_workspace, tmp_path_factory) -> Path:
+    """This module runs stages inside the workspace: its own copy of the session's (conftest)."""
+    return module_copy(smoke_workspace, tmp_path_factory)
+
+
 SECTION_12 = {"row", "ceiling", "paper_seed_miou", "dataset", "seeds", "seed_miou_mean", "seed_miou_std",
               "mask_miou_mean", "mask_miou_std", "seg_miou_mean", "seg_miou_std", "missed_fg", "wrong_class",
               "spill_bg"}

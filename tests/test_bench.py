@@ -15,6 +15,15 @@ import pytest
 from dfa.config import load_config
 from dfa.stages.bench import SECTIONS, bench
 
+from tests.conftest import module_copy
+
+
+@pytest.fixture(scope="module")
+def smoke_workspace(smoke_workspace, tmp_path_factory) -> Path:
+    """This module runs stages inside the workspace: its own copy of the session's (conftest)."""
+    return module_copy(smoke_workspace, tmp_path_factory)
+
+
 REPO = Path(__file__).resolve().parents[1]
 NUM = (int, float)
 

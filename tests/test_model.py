@@ -2,11 +2,21 @@
 and that the decoder learns what it is taught."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from dfa.config import load_config
 from dfa.model import DFA, Refined
+
+from tests.conftest import module_copy
+
+
+@pytest.fixture(scope="module")
+def smoke_workspace(smoke_workspace, tmp_path_factory) -> Path:
+    """This module runs stages inside the workspace: its own copy of the session's (conftest)."""
+    return module_copy(smoke_workspace, tmp_path_factory)
 
 
 def _model(**over):

@@ -10,8 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from dfa.data.classes import VOC_CLASSES
-from tests.conftest import copy_of
+from tests.conftest import copy_of, module_copy
+
+
+@pytest.fixture(scope="module")
+def smoke_workspace(smoke_workspace, tmp_path_factory) -> Path:
+    """This module runs stages inside the workspace: its own copy of the session's (conftest)."""
+    return module_copy(smoke_workspace, tmp_path_factory)
 
 
 def test_smoke_pipeline_end_to_end(smoke_trained, dfa_cli, tmp_path):
@@ -99,58 +104,6 @@ def test_cached_and_online_features_agree(smoke_workspace, monkeypatch):
             a, b = cached[key].float(), getattr(online, key)
             assert a.shape == b.shape, key
             assert torch.allclose(a, b, atol=tol, rtol=1e-2), (key, (a - b).abs().max())
-
-
-def _voc_tree(root: Path, n: int = 5) -> None:
-    """A tiny PASCAL-VOC-layout tree: 21 classes, non-square images, labels in the npy."""
-    rng = np.random.default_rng(0)
-    (root / "JPEGImages").mkdir(parents=True)
-    (root / "SegmentationClassAug").mkdir()
-    (root / "ImageSets/Segmentation").mkdir(parents=True)
-    labels, names = {}, []
-    for i in range(n):
-        name = f"2007_{i:06d}"
-        h, w = 180 + 20 * i, 240 - 10 * i
-        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-        mask = np.zeros((h, w), np.uint8)
-        cls = 1 + (5 * i) % 20
-        mask[h // 4: 3 * h // 4, w // 3: 2 * w // 3] = cls
-        img[mask > 0] = (200, 40, 40)
-        Image.fromarray(img).save(root / "JPEGImages" / f"{name}.jpg")
-        pal = Image.fromarray(mask, mode="L")
-        pal.save(root / "SegmentationClassAug" / f"{name}.png")
-        vec = np.zeros(20, np.float32)
-        vec[cls - 1] = 1
-        labels[name] = vec
-        names.append(name)
-    for split, items in (("train_aug", names[:3]), ("train", names[:2]), ("val", names[3:])):
-        (root / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(items) + "\n")
-    np.save(root / "cls_labels_onehot.npy", labels, allow_pickle=True)
-
-
-@pytest.mark.slow
-def test_vit_b16_voc_code_path(dfa_cli, tmp_path):
-    """cache → train (a few steps) → pseudo → evaluate with open_clip ViT-B-16 (random weights)
-    at 320 crop on a few VOC-layout images with 21 classes: the real-scale path, no download."""
-    from tests.conftest import REPO
-
-    ws = tmp_path / "voc"
-    ws.mkdir()
-    shutil.copy(REPO / "params.yaml", ws / "params.yaml")
-    _voc_tree(ws / "VOC2012")
-    overrides = ["tracking.enabled=false", "data.name=voc", "data.root=VOC2012", "clip.model=ViT-B-16",
-                 "clip.pretrained=null", "clip.checkpoint=null", "clip.last_k=8", "data.crop_size=320",
-                 "clip.templates=['a clean origami {}.']", "train.steps=3", "train.batch_size=2",
-                 "train.warmup=1", "eval.scales=[1.0]", "eval.workers=1", "refine.par_iters=3",
-                 "cache.dir=cache/voc", "train.dir=checkpoints/voc"]
-    args = [a for o in overrides for a in ("-S", o)]
-    for stage in ("prepare", "pretrain-clip", "cache", "train", "pseudo", "evaluate"):
-        dfa_cli(ws, stage, *args, timeout=900)
-    index = json.loads((ws / "cache/voc/index.json").read_text())
-    assert index["meta"]["grid"] == [20, 20] and len(index["meta"]["classes"]) == len(VOC_CLASSES) == 20
-    ev = json.loads((ws / "reports/metrics/eval.json").read_text())
-    assert ev["dataset"] == "voc" and len(ev["per_class_iou"]) == 21
-    assert json.loads((ws / "reports/metrics/pseudo.json").read_text())["images"] == 2
 
 
 @pytest.mark.slow

@@ -76,5 +76,9 @@ def test_a_small_rehearsal_passes(tmp_path):
     assert "rehearsal OK: 20×20 grid, K = 8, 21 OT columns" in proc.stdout
     assert "numbers mean NOTHING" in proc.stdout
     columns = json.loads((out / "outputs/pseudo/ot_columns.json").read_text())
+    # (this test replaced test_pipeline's ViT-B-16 VOC code path: the same stages, plus the profile)
+    ev = json.loads((out / "reports/metrics/eval.json").read_text())
+    assert ev["dataset"] == "voc" and len(ev["per_class_iou"]) == len(VOC_CLASSES) + 1 == 21
+    assert json.loads((out / "reports/metrics/train.json").read_text())["grid"] == [20, 20]
     assert len(columns) == 3 and all(len(v) == 21 for v in columns.values())
     assert np.load(out / "VOCdevkit/VOC2012/cls_labels_onehot.npy", allow_pickle=True).item()

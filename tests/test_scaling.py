@@ -18,10 +18,18 @@ import urllib.request
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
-from conftest import cli_env
+from conftest import cli_env, module_copy
 from postgres_fixture import postgres  # noqa: F401  (the fixture)
+
+
+@pytest.fixture(scope="module")
+def smoke_workspace(smoke_workspace, tmp_path_factory) -> Path:
+    """This module runs stages inside the workspace: its own copy of the session's (conftest)."""
+    return module_copy(smoke_workspace, tmp_path_factory)
+
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = REPO / "experiments/frequency.yaml"

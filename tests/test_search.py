@@ -14,6 +14,15 @@ from dfa.config import ConfigError, load_config
 from dfa.stages import search as search_mod
 from dfa.stages import search_space
 
+from tests.conftest import module_copy
+
+
+@pytest.fixture(scope="module")
+def smoke_workspace(smoke_workspace, tmp_path_factory) -> Path:
+    """This module runs stages inside the workspace: its own copy of the session's (conftest)."""
+    return module_copy(smoke_workspace, tmp_path_factory)
+
+
 REPO = Path(__file__).resolve().parents[1]
 SPACES = sorted((REPO / "experiments").glob("*.yaml"))
 

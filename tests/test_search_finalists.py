@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -13,6 +14,14 @@ from optuna.distributions import FloatDistribution
 from dfa.config import ConfigError, load_config
 from dfa.stages import search as search_mod
 from dfa.stages.search_finalists import SPEC, Finalist, parse_seeds, pick, rescore
+
+from tests.conftest import module_copy
+
+
+@pytest.fixture(scope="module")
+def smoke_workspace(smoke_workspace, tmp_path_factory) -> Path:
+    """This module runs stages inside the workspace: its own copy of the session's (conftest)."""
+    return module_copy(smoke_workspace, tmp_path_factory)
 
 
 def _study(direction: str, values: list[tuple[float, float]]) -> optuna.Study:
