@@ -142,3 +142,20 @@ def test_search_scaling_entry(smoke_workspace, tmp_path, monkeypatch):
             lo, hi = sc["overhead"][f"{kind}_{backend}_ms_per_trial_range"]
             assert 0 < lo <= ms <= hi
         assert sc["overhead_ms_per_trial"][backend] > 0
+
+
+
+def test_portable_section_runs_each_mode_under_its_own_pins(report):
+    """Each mode in a fresh process: the kernel family torch reports there is the pinned one."""
+    import torch
+
+    have = torch.backends.cpu.get_cpu_capability()
+    modes = report["portable"]["modes"]
+    assert modes["default"]["capability"] == [have]
+    if have in ("AVX2", "AVX512"):          # a CPU without AVX2 cannot take the avx2 path
+        assert modes["avx2"]["capability"] == ["AVX2"]
+    assert modes["compatible"]["capability"] == ["DEFAULT"]
+    for mode in ("avx2", "compatible"):
+        m = modes[mode]
+        assert m["cost_cached"] == round(m["cached_ms"] / modes["default"]["cached_ms"], 3) > 0
+        assert m["cost_online"] == round(m["online_ms"] / modes["default"]["online_ms"], 3) > 0

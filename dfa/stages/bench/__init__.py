@@ -22,6 +22,9 @@ timing helpers are ``timing``; the targets and the printed table ``report``):
 * ``pipeline`` (``machine``): wall time and peak RSS of each stage from ``reports/timings/*.json``.
 * ``machine`` (``machine``); ``gpu`` (``gpu``, only on CUDA: encoder images/s, training it/s,
   bf16 utilisation).
+* ``portable`` (``portable``): the ``train_step`` workload under the default kernels and the two
+  portable modes (``DFA_PORTABLE=avx2`` / ``compatible``), each in fresh processes, round-robin:
+  what the portable mode costs in time.
 * ``search_scaling`` (``search_scaling``): smoke-study trials per minute with 1 and 2 search
   workers on PostgreSQL, and Optuna / MLflow storage overhead per trial on SQLite vs PostgreSQL.
 * ``targets`` (``report``): the acceptance targets of the speed issue and whether this run met them.
@@ -46,7 +49,7 @@ from dfa.stages.common import seed_everything
 from dfa.tracking import stage_run
 
 OUT = Path("reports/bench.json")
-SECTIONS = ("sinkhorn", "train_step", "crf", "gpu", "search_scaling")
+SECTIONS = ("sinkhorn", "train_step", "crf", "portable", "gpu", "search_scaling")
 
 
 def bench(cfg: Config, args=None) -> int:
@@ -71,6 +74,9 @@ def bench(cfg: Config, args=None) -> int:
             res["train_step"] = bench_train(cfg, smoke)
         if "crf" in sections:
             res["crf"] = bench_crf(cfg, smoke)
+        if "portable" in sections:
+            from dfa.stages.bench.portable import bench_portable
+            res["portable"] = bench_portable(cfg, smoke)
         if "search_scaling" in sections:
             from dfa.stages.bench.search_scaling import bench_search_scaling
             res["search_scaling"] = bench_search_scaling(cfg, smoke)

@@ -69,6 +69,15 @@ def print_table(res: dict) -> None:
                   f"{cr['speedup']}× (identical={cr['identical']})")
         t.add_row("", escape(f"warm pool {cr['warm_s']:g} s; start-up {cr['pool_startup_s']:g} s"), "",
                   f"{cr['speedup_warm']}× warm")
+    if "portable" in res:
+        po = res["portable"]
+        base = po["modes"]["default"]
+        for mode in ("avx2", "compatible"):
+            m = po["modes"][mode]
+            t.add_row(f"portable {mode} ({'/'.join(m['capability'])}), {po['rounds']} processes",
+                      f"cached {m['cached_ms']:g} / online {m['online_ms']:g} ms",
+                      f"default ({'/'.join(base['capability'])}) {base['cached_ms']:g} / {base['online_ms']:g} ms",
+                      f"cost {m['cost_cached']}× / {m['cost_online']}×")
     pl = res["pipeline"]
     t.add_row("pipeline total", f"{pl['total_wall_s']} s" if pl["stages"] else "—",
               f"max RSS {pl['max_peak_rss_mib']} MiB" if pl["stages"] else pl["note"], "")
