@@ -11,6 +11,7 @@ import yaml
 from optuna.trial import TrialState
 
 from dfa.config import ConfigError, load_config
+from dfa.errors import WorkbenchError
 from dfa.stages import search as search_mod
 from dfa.stages import search_space
 
@@ -86,6 +87,14 @@ def test_frequency_and_ablation_spaces_cover_the_issue():
       "enqueue": [{}, {"loss.align_form": "printed"}]}, "enqueue"),
     ({"params": {"loss.align_form": {"type": "categorical", "choices": ["row"]}},
       "enqueue": [{"loss.align_form": "printed"}]}, "enqueue[0].loss.align_form"),
+    ({"params": {"train.lr": {"type": "float", "low": 0.1, "high": 1}}, "when": {"train.lr": {0.1: {"seed": 1}}}},
+     "when.train.lr"),
+    ({"params": {"loss.align_form": {"type": "categorical", "choices": ["row"]}},
+      "when": {"loss.align_form": {"printed": {"seed": 1}}}}, "when.loss.align_form.printed"),
+    ({"params": {"loss.align_form": {"type": "categorical", "choices": ["row"]}},
+      "when": {"loss.align_form": {"row": {"cache.dirr": "x"}}}}, "when.loss.align_form.row.cache.dirr"),
+    ({"params": {"loss.align_form": {"type": "categorical", "choices": ["row"]}, "seed": {"type": "int", "low": 0,
+      "high": 2}}, "when": {"loss.align_form": {"row": {"seed": 1}}}}, "when.loss.align_form.row.seed"),
 ])
 def test_bad_space_names_the_key(tmp_path, body, key):
     path = tmp_path / "space.yaml"
@@ -95,22 +104,51 @@ def test_bad_space_names_the_key(tmp_path, body, key):
     assert f"{path}: {key}" in str(err.value)
 
 
-def test_a_new_study_tries_the_enqueued_points_first_and_only_once(tmp_path):
+def test_a_choice_implies_its_when_values_in_the_trial_config_and_prerequisites(in_workspace):
+    """``when``: a sampled choice brings the values it needs (the per-head cache of
+    ``affinity.channels: heads``); the study checks that branch's prerequisites before it starts."""
+    path = in_workspace / "when.yaml"
+    path.write_text(yaml.safe_dump({"params": {"affinity.channels": {"type": "categorical",
+                                                                     "choices": ["layers", "heads"]}},
+                                    "when": {"affinity.channels": {"heads": {"cache.dir": "cache/per-head"}}}}))
+    cfg = load_config("params.yaml", [], smoke=True)
+    space = search_space.load_space(path, cfg)
+    args = argparse.Namespace(params="params.yaml", overrides=[], smoke=True, prepare=False)
+    heads = search_mod.trial_config(args, cfg, space, {"affinity.channels": "heads"}, "t")
+    layers = search_mod.trial_config(args, cfg, space, {"affinity.channels": "layers"}, "t")
+    assert (heads.cache.dir, heads.affinity.channels) == ("cache/per-head", "heads")
+    assert layers.cache.dir == cfg.cache.dir != "cache/per-head"
+    with pytest.raises(WorkbenchError) as err:            # the layers branch is ready, the heads one is not
+        search_mod.check_prerequisites(args, space)
+    assert str(err.value).startswith("cache/per-head: feature cache missing")
+
+
+def test_enqueued_points_run_first_once_and_again_only_after_a_failure(tmp_path):
     path = tmp_path / "space.yaml"
     point = {"train.head_lr_mult": 25.0, "affinity.head": "bilinear"}
+    other = {"train.head_lr_mult": 10.0, "affinity.head": "pointwise"}
     path.write_text(yaml.safe_dump({"params": {"train.head_lr_mult": {"type": "float", "low": 1, "high": 100},
                                                "affinity.head": {"type": "categorical",
                                                                  "choices": ["pointwise", "bilinear"]}},
-                                    "enqueue": [point]}))
+                                    "enqueue": [point, other]}))
     cfg = load_config(None, [f"search.storage=sqlite:///{tmp_path}/optuna.db"])
     space = search_space.load_space(path, cfg)
+
+    def objective(t):      # the "pointwise" point fails (as a trial whose cache was missing)
+        lr, head = t.suggest_float("train.head_lr_mult", 1, 100), t.suggest_categorical("affinity.head",
+                                                                                         ["pointwise", "bilinear"])
+        if lr == 10.0:
+            raise RuntimeError("no cache")
+        return lr + (head == "bilinear")
+
     study = search_mod.open_study(cfg, space, "q")
-    study.optimize(lambda t: t.suggest_float("train.head_lr_mult", 1, 100)
-                   + (t.suggest_categorical("affinity.head", ["pointwise", "bilinear"]) == "bilinear"), n_trials=2)
-    assert study.trials[0].params == point and study.trials[0].value == 26.0
-    assert study.trials[1].params != point
-    again = search_mod.open_study(cfg, space, "q")       # a continued study does not enqueue again
-    assert [t.state for t in again.trials] == [TrialState.COMPLETE] * 2
+    study.optimize(objective, n_trials=3, catch=(RuntimeError,))
+    assert [t.params for t in study.trials[:2]] == [point, other]
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert study.trials[0].value == 26.0 and study.trials[2].params not in (point, other)
+    again = search_mod.open_study(cfg, space, "q")       # continued: only the failed point is queued again
+    waiting = [t for t in again.trials if t.state == TrialState.WAITING]
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [other]
 
 
 # ------------------------------------------------------------------------------ the CLI

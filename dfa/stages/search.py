@@ -48,8 +48,10 @@ SCORE_IMAGES = 50  # images scored per trial when data.max_seed_images is 0 (the
 
 
 def trial_config(args, cfg: Config, space: Space, values: dict[str, Any], train_dir: str) -> Config:
-    """The base params + ``-S`` overrides, then the space's fixed values, then the sampled ones."""
+    """The base params + ``-S`` overrides, then the space's fixed values, then what the sampled
+    values imply (``when``), then the sampled ones."""
     overrides = [*args.overrides, *(override_text(k, v) for k, v in space.fixed.items()),
+                 *(override_text(k, v) for k, v in space.implied(values).items()),
                  *(override_text(k, v) for k, v in values.items()),
                  override_text("train.dir", train_dir), override_text("train.steps", cfg.search.train_steps)]
     return load_config(args.params, overrides, smoke=args.smoke)
@@ -183,15 +185,25 @@ def open_study(cfg: Config, space: Space, name: str, worker: int = 0, workers: i
     # workers let TPE treat running trials as bad ("constant liar") instead of sampling beside them.
     study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.trials) + 10007 * worker,
                                                constant_liar=workers > 1)
-    if worker == 0 and not study.trials:
-        for point in space.enqueue:       # a new study tries the space's given points first
-            study.enqueue_trial(point, skip_if_exists=True)
+    if worker == 0:
+        enqueue_points(study, space.enqueue)
     previous = study.user_attrs.get("space")
     if previous and previous != str(space.path):
         console.print(f"[yellow]study {name!r} was started with space {previous}, now {space.path}[/]")
     elif not previous:
         study.set_user_attr("space", str(space.path))
     return study
+
+
+def enqueue_points(study: optuna.Study, points: list[dict[str, Any]]) -> None:
+    """Queue each of the space's points unless a trial already holds it (waiting, running,
+    complete or pruned). A point whose trial FAILED is queued again: the next invocation,
+    after the cause is fixed (e.g. a missing cache), tries it instead of skipping it forever."""
+    held = [t.system_attrs.get("fixed_params", t.params) for t in study.get_trials(deepcopy=False)
+            if t.state != TrialState.FAIL]
+    for point in points:
+        if not any(all(k in p and p[k] == v for k, v in point.items()) for p in held):
+            study.enqueue_trial(point)
 
 
 # ------------------------------------------------------------------------------ one worker process
@@ -323,11 +335,21 @@ def fixed_overrides(space: Space) -> list[str]:
 
 def check_prerequisites(args, space: Space) -> None:
     """Stop before the study starts if the data, CLIP checkpoint or feature cache is missing or
-    stale (``--prepare`` runs the missing stages first)."""
-    problems = search_prereqs.missing(base_config(args, space))
+    stale (``--prepare`` runs the missing stages first); for the fixed values and for each
+    ``when`` branch (e.g. the per-head cache of ``affinity.channels: heads``)."""
+    for variant in [{}, *space.variants()]:
+        extra = [*fixed_overrides(space), *(override_text(k, v) for k, v in variant.items())]
+        _check_one(args, extra)
+
+
+def _check_one(args, extra: list[str]) -> None:
+    def config() -> Config:
+        return load_config(args.params, [*args.overrides, *extra], smoke=args.smoke)
+
+    problems = search_prereqs.missing(config())
     if problems and getattr(args, "prepare", False):
-        search_prereqs.run_missing(problems, args, fixed_overrides(space))
-        problems = search_prereqs.missing(base_config(args, space))
+        search_prereqs.run_missing(problems, args, extra)
+        problems = search_prereqs.missing(config())
     if problems:
         first = problems[0]
         if getattr(args, "prepare", False):

@@ -44,9 +44,26 @@ class Space:
     direction: str = "maximize"
     fixed: dict[str, Any] = field(default_factory=dict)
     pruner: dict[str, int] = field(default_factory=dict)
-    # Points tried first when the study is new (e.g. the spec's and a probe's setting): TPE's
-    # random start-up then spends no trial rediscovering them. Keys left out are sampled.
+    # Points tried first (e.g. the spec's and a probe's setting): TPE's random start-up then
+    # spends no trial rediscovering them. Keys left out are sampled. A continued study queues
+    # only the points no trial holds yet, or whose trial failed (``search.enqueue_points``).
     enqueue: list[dict[str, Any]] = field(default_factory=list)
+    # Values a sampled choice implies: {searched key: {choice: {params key: value}}}. E.g. the
+    # feature cache that ``affinity.channels: heads`` needs (per-head maps) lives elsewhere.
+    when: dict[str, dict[Any, dict[str, Any]]] = field(default_factory=dict)
+
+    def implied(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The ``when`` values that the sampled ``values`` imply."""
+        out: dict[str, Any] = {}
+        for key, by_choice in self.when.items():
+            if key in values and values[key] in by_choice:
+                out.update(by_choice[values[key]])
+        return out
+
+    def variants(self) -> list[dict[str, Any]]:
+        """Each ``when`` branch as overrides (the choice and what it implies): what a trial of
+        that branch needs besides the fixed values (its prerequisites are checked too)."""
+        return [{key: choice, **extra} for key, by_choice in self.when.items() for choice, extra in by_choice.items()]
 
 
 def override_text(key: str, value: Any) -> str:
@@ -58,7 +75,7 @@ def load_space(path: str | Path, cfg: Config) -> Space:
     """Read and check a space file; every error names the file and the key."""
     path = Path(path)
     raw = read_yaml_mapping(path, "search space")
-    unknown = sorted(set(raw) - {"metric", "direction", "params", "fixed", "pruner", "enqueue", "description"})
+    unknown = sorted(set(raw) - {"metric", "direction", "params", "fixed", "pruner", "enqueue", "when", "description"})
     if unknown:
         raise ConfigError(f"{path}: {unknown[0]}: unknown key")
     known = set(cfg.flat())
@@ -82,7 +99,32 @@ def load_space(path: str | Path, cfg: Config) -> Space:
         params[key] = _param(path, key, spec, known)
     if not params:
         raise ConfigError(f"{path}: params: the space has no parameters")
-    return Space(path, params, metric, direction, fixed, pruner, _enqueue(path, raw.get("enqueue"), params))
+    return Space(path, params, metric, direction, fixed, pruner, _enqueue(path, raw.get("enqueue"), params),
+                 _when(path, raw.get("when"), params, known))
+
+
+def _when(path: Path, raw: Any, params: dict[str, ParamSpec], known: set[str]) -> dict:
+    """``when``: {searched categorical key: {one of its choices: {params key (not searched): value}}}."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: when: expected a mapping of searched keys")
+    for key, by_choice in raw.items():
+        where = f"{path}: when.{key}"
+        spec = params.get(key)
+        if spec is None or spec.type != "categorical":
+            raise ConfigError(f"{where}: not a searched categorical key (params)")
+        if not isinstance(by_choice, dict):
+            raise ConfigError(f"{where}: expected a mapping of its choices")
+        for choice, implied in by_choice.items():
+            if choice not in spec.choices:
+                raise ConfigError(f"{where}.{choice}: not one of {spec.choices}")
+            if not isinstance(implied, dict) or not implied:
+                raise ConfigError(f"{where}.{choice}: expected a non-empty mapping of params keys")
+            for target in implied:
+                if target not in known or target in params:
+                    raise ConfigError(f"{where}.{choice}.{target}: not a params key, or a searched one")
+    return {k: dict(v) for k, v in raw.items()}
 
 
 def _enqueue(path: Path, raw: Any, params: dict[str, ParamSpec]) -> list[dict[str, Any]]:
