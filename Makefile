@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # Two xdist workers, a test file per worker (module fixtures stay in one process; the session's
-# smoke workspaces are built once under a file lock, tests/conftest.py). PYTEST_ARGS adds options.
-XDIST := -n 2 --dist loadfile
+# smoke workspaces are built once under a file lock, tests/conftest.py), heaviest files first
+# (conftest's HEAVY_FIRST; --no-loadscope-reorder keeps that order). PYTEST_ARGS adds options.
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
 	$(PY) -m pytest -q -ra $(XDIST) --durations=25 $(PYTEST_ARGS)
 

@@ -10,13 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import copy_of, module_copy
-
-
-@pytest.fixture(scope="module")
-def smoke_workspace(smoke_workspace, tmp_path_factory) -> Path:
-    """This module runs stages inside the workspace: its own copy of the session's (conftest)."""
-    return module_copy(smoke_workspace, tmp_path_factory)
+from tests.conftest import copy_of
 
 
 def test_smoke_pipeline_end_to_end(smoke_trained, dfa_cli, tmp_path):
@@ -81,9 +75,11 @@ def test_smoke_pipeline_end_to_end(smoke_trained, dfa_cli, tmp_path):
     assert proc.returncode == 2 and "areas ceiling" in proc.stderr
 
 
-def test_cached_and_online_features_agree(smoke_workspace, monkeypatch):
+def test_cached_and_online_features_agree(smoke_workspace, monkeypatch, tmp_path):
     """The cache stores what the frozen encoder gives for the same view (fp16 round-off)."""
-    monkeypatch.chdir(smoke_workspace)
+    # a private copy: the session workspace is shared with the other xdist worker and with
+    # smoke_trained, which depends on it (a module-scoped override of it would be a scope error)
+    monkeypatch.chdir(copy_of(smoke_workspace, tmp_path / "ws"))
     from dfa.config import load_config
     from dfa.data.io import read_image
     from dfa.features_cache import CachedViews
