@@ -60,9 +60,14 @@ def overrides(kind: str, out: Path, data_root: Path, steps: int) -> list[str]:
     return ["--profile", kind, *[a for s in sets for a in ("-S", s)]]
 
 
-def run(args: list[str], env: dict) -> float:
+def subprocess_runner(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    """``python -m dfa <args>``, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "dfa", *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def run(args: list[str], env: dict, runner=subprocess_runner) -> float:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "dfa", *args], cwd=REPO, env=env, capture_output=True, text=True)
+    proc = runner(args, REPO, env)
     if proc.returncode != 0:
         sys.exit(f"rehearsal FAILED at `dfa {' '.join(args[:3])} …` (exit {proc.returncode}):\n"
                  f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -132,7 +137,8 @@ def check(kind: str, out: Path, root: Path, lists: dict[str, list[str]], steps: 
     return bad
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, runner=subprocess_runner) -> int:
+    """``runner(args, cwd, env)`` runs one ``dfa`` command (the tests pass one that forks it)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kind", choices=("voc", "coco"), default="voc")
     ap.add_argument("--out", default=None, help="default runs/rehearse-KIND")
@@ -154,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     times = {"generate": time.perf_counter() - t0}
     env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "DVC_ROOT")}
     env.update(OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=str(REPO), DFA_PIPELINE_ID=f"rehearse-{a.kind}-{int(time.time())}")
-    times["check-data"] = run(["check-data", str(root), "--kind", a.kind, "--no-counts"], env)
+    times["check-data"] = run(["check-data", str(root), "--kind", a.kind, "--no-counts"], env, runner)
     for stage in STAGES:
-        times[stage] = run([stage, *overrides(a.kind, out, root, a.steps)], env)
+        times[stage] = run([stage, *overrides(a.kind, out, root, a.steps)], env, runner)
     bad = check(a.kind, out, root, lists, a.steps)
     outside = sorted(set(tree_digest(REPO).items()) ^ set(before.items()))
     if outside:

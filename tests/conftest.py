@@ -4,8 +4,10 @@ They are read-only to tests: a test that runs a stage in one works on a ``copy_o
 Under pytest-xdist (``make test`` runs two workers, a test file per worker) the first worker
 that needs one builds it under a file lock in the run's shared temp folder; the other reuses it.
 
-Stages run as ``python -m dfa`` subprocesses in a temporary folder, so they see the CLI
-exactly as a user does and never write into the repository. The folder is not a git
+Stages run as ``python -m dfa`` commands, each its own process, in a temporary folder, so they
+see the CLI as a user does and never write into the repository. ``run_dfa`` forks them from a
+server that has imported torch, open_clip and MLflow once (``stage_runner``: most of a smoke
+stage's time is those imports); what needs a fresh interpreter still gets one. The folder is not a git
 repository, so ``repo_root()`` is that folder (GIT_DIR and DVC_ROOT are removed from the
 environment so nothing points back at the checkout).
 """
@@ -20,6 +22,8 @@ from typing import Callable
 
 import pytest
 from filelock import FileLock
+
+from stage_runner import run_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,9 +50,9 @@ def cli_env() -> dict[str, str]:
 
 
 def run_dfa(workspace: Path, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m dfa <args>`` in ``workspace``; on failure the assertion shows its output."""
-    proc = subprocess.run([sys.executable, "-m", "dfa", *args], cwd=workspace, env=cli_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    """``python -m dfa <args>`` in ``workspace`` (in a fork of a preloaded server: ``stage_runner``);
+    on failure the assertion shows its output."""
+    proc = run_command(args, workspace, cli_env(), timeout)
     if check:
         assert proc.returncode == 0, f"dfa {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc
