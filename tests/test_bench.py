@@ -124,6 +124,7 @@ def test_unknown_section_is_refused(tmp_path, monkeypatch):
         bench(cfg, SimpleNamespace(only="sinkhorn,gpus", out=None))
 
 
+@pytest.mark.slow
 def test_search_scaling_entry(smoke_workspace, tmp_path, monkeypatch):
     from dfa.stages.bench.search_scaling import bench_search_scaling
     monkeypatch.chdir(tmp_path)

@@ -23,6 +23,8 @@ import yaml
 from conftest import cli_env
 from dfa.config import SMOKE_OVERRIDES, set_dotted
 
+pytestmark = pytest.mark.slow  # pipelines and servers: `make test` (CI) runs it, `make test-fast` does not
+
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"lr-low": "train.lr=0.0001", "lr-high": "train.lr=0.0004"}
 # Below --smoke: the claim is about DVC's queue and MLflow's runs, not what the model learns, so

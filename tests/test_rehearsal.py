@@ -47,6 +47,7 @@ def test_the_stand_in_tree_has_vocs_layout_and_passes_the_checker(tree, capsys):
     assert check_data_main(tree, "voc", counts=False) == 0, capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_smoke_run_on_a_tree_without_tune_draws_it_in_memory(tree, tmp_path):
     """`dfa train --smoke` used to stop at "list file for split 'tune' is missing"; it must run
     and write nothing into the user's tree."""

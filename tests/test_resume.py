@@ -52,6 +52,7 @@ def reference(smoke_workspace, tmp_path_factory):
     return _digest(ws)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_training_resumes_bit_identical(smoke_workspace, tmp_path, reference, sig):
     ws = tmp_path / "ws"

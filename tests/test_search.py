@@ -153,6 +153,7 @@ def test_enqueued_points_run_first_once_and_again_only_after_a_failure(tmp_path)
 
 # ------------------------------------------------------------------------------ the CLI
 
+@pytest.mark.slow
 def test_search_cli_two_trials_then_one_more(smoke_workspace, dfa_cli, stores):
     storage, mlflow_db = stores / "optuna.db", stores / "mlflow.db"
     cmd = ["search", "--smoke", "--space", str(REPO / "experiments/frequency.yaml"), "--study", "smoke",
@@ -293,6 +294,7 @@ def test_search_before_the_cache_stops_in_one_line(smoke_workspace, dfa_cli, tmp
     assert not db.exists()  # no study was started, no trial recorded
 
 
+@pytest.mark.slow
 def test_search_prepare_runs_the_missing_stages(tmp_path, dfa_cli):
     ws = tmp_path / "fresh"
     ws.mkdir()

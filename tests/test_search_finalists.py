@@ -63,6 +63,7 @@ def test_bad_rescore_seeds_name_the_flag(text):
     assert parse_seeds("2, 0") == [2, 0]
 
 
+@pytest.mark.slow
 def test_search_rescore_writes_finalists_to_the_summary(smoke_workspace, monkeypatch, tmp_path):
     """Two trials, then the best one and the params' setting each trained at seeds 0 and 1 and
     scored on tune: mean ± std per finalist in summary.json and finalists.json."""

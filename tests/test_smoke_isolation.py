@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import REPO, run_dfa
 
+pytestmark = pytest.mark.slow  # pipelines and servers: `make test` (CI) runs it, `make test-fast` does not
+
 # A real run's files, as the default params.yaml places them (contents are stand-ins).
 REAL_RUN = [
     "data/synthetic/classes.json", "checkpoints/clip/model.pt", "checkpoints/clip/backbone.json",
