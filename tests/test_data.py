@@ -322,6 +322,27 @@ def test_coco_layout_tree(tmp_path):
     assert item["image"].shape == (3, 51, 33)
 
 
+def test_a_coco_tune_split_is_kept_apart_from_val_not_from_train(tmp_path):
+    """COCO's seeds are scored on val (profiles/coco.yaml): its tune, drawn from train2014, may not
+    meet val, and may lie anywhere in train (the VOC rule, tune outside `train`, would refuse every
+    COCO tune split: the rehearsal of a COCO run stopped there)."""
+    rng = np.random.default_rng(2)
+    layout = Layout(tmp_path / "coco", "coco")
+    trs = [f"COCO_train2014_{i:012d}" for i in range(4)]
+    va = "COCO_val2014_000000000042"
+    items = {n: _item(40, 57, [1], 80, rng) for n in trs} | {va: _item(51, 33, [45], 80, rng)}
+    _make_tree(layout, {"train": trs, "val": [va], "tune": trs[:2]}, items)
+    assert check_tree(layout, 81, ["train", "val", "tune"]) == []
+    (layout.list_path("tune")).write_text(f"{trs[0]}\n{va}\n")
+    problems = check_tree(layout, 81, ["train", "val", "tune"])
+    assert any("also in" in p and "the reported seed and evaluation split" in p for p in problems), problems
+    assert sum("also in" in p for p in problems) == 1          # val is both roles: one line, not two
+    # the same tree read with VOC's roles (seeds on train) refuses the tune split drawn from train
+    voc_roles = {"train": "train", "seed": "train", "evaluation": "val"}
+    (layout.list_path("tune")).write_text(f"{trs[0]}\n")
+    assert any("the reported seed split" in p for p in check_tree(layout, 81, ["train", "val", "tune"], roles=voc_roles))
+
+
 def test_labels_come_from_npy_not_mask(tmp_path):
     rng = np.random.default_rng(2)
     layout = Layout(tmp_path / "t", "custom")

@@ -15,7 +15,7 @@ from dfa.data.classes import load_class_spec, spec_for
 from dfa.data.dataset import load_labels
 from dfa.data.io import image_size, read_mask
 from dfa.data.layout import DataError, Layout
-from dfa.data.splits import split_problems
+from dfa.data.splits import roles_for, split_problems
 
 IGNORE = 255
 VOC_COUNTS = {"train_aug": 10582, "train": 1464, "val": 1449}
@@ -79,12 +79,15 @@ def _check_image(layout: Layout, name: str, num_classes: int, labels: dict | Non
 
 def check_tree(layout: Layout, num_classes: int, splits: Iterable[str] | None = None,
                expected_counts: dict[str, int] | None = None,
-               progress: Callable[[int], None] | None = None) -> list[str]:
+               progress: Callable[[int], None] | None = None,
+               roles: dict[str, str] | None = None) -> list[str]:
     """Every problem of the tree as one line each (empty list = OK).
 
     ``splits`` defaults to the layout kind's standard splits; every requested split must
     exist. ``expected_counts`` maps split -> number of listed images. ``progress(n)`` is
     called as images are checked (each distinct image once, even if listed in two splits).
+    ``roles``: the ``train``, ``seed`` and ``evaluation`` splits that §12 keeps ``tune`` apart
+    from (default: the kind's, ``splits.roles_for``; ``dfa prepare`` passes the params').
     """
     problems: list[str] = []
     splits = [splits] if isinstance(splits, str) else splits  # one split given as a bare name
@@ -103,7 +106,8 @@ def check_tree(layout: Layout, num_classes: int, splits: Iterable[str] | None = 
         if expected_counts and split in expected_counts and len(names) != expected_counts[split]:
             problems.append(f"{layout.list_path(split)}: {len(names)} images listed, expected "
                             f"{expected_counts[split]} for split {split!r}")
-    problems.extend(split_problems(layout, lists))   # tune: inside train_aug, outside train and val (§12)
+    # tune: inside the training list, outside the seed and evaluation splits (§12)
+    problems.extend(split_problems(layout, lists, tune=layout.tune_split, **(roles or roles_for(layout.kind))))
     # train_aug is the training set of a WSSS method; val images inside it would leak.
     if "train_aug" in lists and "val" in lists:
         leak = set(lists["train_aug"]) & set(lists["val"])

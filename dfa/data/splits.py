@@ -43,14 +43,29 @@ def ensure_tune(layout: Layout, train_split: str, seed_split: str, eval_split: s
     return True
 
 
+# Each split's role by dataset kind, as the params' data.train_split / seed_split / eval_split give
+# them for a run. COCO has one training list, so its seeds are scored on val (profiles/coco.yaml).
+ROLES = {"train": "train_aug", "seed": "train", "evaluation": "val"}
+KIND_ROLES = {"coco": {"train": "train", "seed": "val", "evaluation": "val"}}
+
+
+def roles_for(kind: str) -> dict[str, str]:
+    """The split named for each role (``train``, ``seed``, ``evaluation``) in a ``kind`` tree."""
+    return {**ROLES, **KIND_ROLES.get(kind, {})}
+
+
 def split_problems(layout: Layout, lists: dict[str, list[str]], tune: str = "tune", seed: str = "train",
                    train: str = "train_aug", evaluation: str = "val") -> list[str]:
-    """One line per violation of §12: tune inside train_aug, disjoint from train and val."""
+    """One line per violation of §12: tune inside the training list, disjoint from the seed and
+    evaluation splits (VOC: train_aug, train, val; COCO: train, val, val)."""
     if tune not in lists:
         return []
     t = set(lists[tune])
     out = []
-    for other, why in ((seed, "the reported seed split"), (evaluation, "the evaluation split")):
+    others = {seed: "the reported seed split", evaluation: "the evaluation split"}   # one line if they are one split
+    if seed == evaluation:
+        others[seed] = "the reported seed and evaluation split"
+    for other, why in others.items():
         if other in lists and t & set(lists[other]):
             both = sorted(t & set(lists[other]))
             out.append(f"{layout.list_path(tune)}: {len(both)} image(s) also in {layout.list_path(other)} "

@@ -57,7 +57,9 @@ def prepare(cfg: Config, args=None) -> int:
         with progress() as bar:
             task = bar.add_task("check dataset", total=None, info=str(root))
             problems = checker.check_tree(layout, spec.num_classes, splits,
-                                          progress=lambda n: bar.update(task, advance=n))
+                                          progress=lambda n: bar.update(task, advance=n),
+                                          roles={"train": d.train_split, "seed": d.seed_split,
+                                                 "evaluation": d.eval_split})
         if problems:
             for line in problems:
                 console.print(line, markup=False, highlight=False)
