@@ -22,9 +22,11 @@ import tempfile
 import traceback
 from pathlib import Path
 
+from dfa.kernels import KERNEL_VARS   # no torch import: the pins must precede it
+
 PRELOAD = ["torch", "torchvision", "open_clip", "mlflow", "mlflow.tracking", "optuna"]
 # Read when python starts or when torch loads: a command that sets one needs its own interpreter.
-FRESH_ENV = ("PYTHONHASHSEED", "DFA_PORTABLE", "ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
+FRESH_ENV = ("PYTHONHASHSEED", "DFA_PORTABLE", *KERNEL_VARS)
 
 _context = None
 

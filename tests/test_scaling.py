@@ -27,6 +27,7 @@ from postgres_fixture import postgres  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.slow  # pipelines and servers: `make test` (CI) runs it, `make test-fast` does not
 
+
 @pytest.fixture(scope="module")
 def smoke_workspace(smoke_workspace, tmp_path_factory) -> Path:
     """This module runs stages inside the workspace: its own copy of the session's (conftest)."""

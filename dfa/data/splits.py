@@ -54,8 +54,8 @@ def roles_for(kind: str) -> dict[str, str]:
     return {**ROLES, **KIND_ROLES.get(kind, {})}
 
 
-def split_problems(layout: Layout, lists: dict[str, list[str]], tune: str = "tune", seed: str = "train",
-                   train: str = "train_aug", evaluation: str = "val") -> list[str]:
+def split_problems(layout: Layout, lists: dict[str, list[str]], *, tune: str, seed: str, train: str,
+                   evaluation: str) -> list[str]:
     """One line per violation of §12: tune inside the training list, disjoint from the seed and
     evaluation splits (VOC: train_aug, train, val; COCO: train, val, val)."""
     if tune not in lists:
