@@ -14,6 +14,7 @@ from dfa.config import ConfigError, load_config
 from dfa.errors import WorkbenchError
 from dfa.stages import search as search_mod
 from dfa.stages import search_space
+from dfa.stages.common import layout_of
 
 from tests.conftest import module_copy
 
@@ -121,6 +122,27 @@ def test_a_choice_implies_its_when_values_in_the_trial_config_and_prerequisites(
     with pytest.raises(WorkbenchError) as err:            # the layers branch is ready, the heads one is not
         search_mod.check_prerequisites(args, space)
     assert str(err.value).startswith("cache/per-head: feature cache missing")
+
+
+def test_the_scorer_keeps_an_extractor_per_channels_and_scores_the_asked_images(in_workspace, monkeypatch):
+    """A ``heads`` trial after a ``layers`` one gets its own per-head extractor (the first
+    method-v3 finalists run failed there: 'affinity.channels=heads needs the per-head attention');
+    a screened trial reads ``data.max_seed_images`` tune images, a finalist (``images=0``) all."""
+    from dfa.stages import seeds, views
+    built, scored = [], []
+    monkeypatch.setattr(views, "extractor", lambda cfg, spec, device: built.append(views.per_head(cfg)) or len(built))
+    monkeypatch.setattr(seeds, "calibrate", lambda cfg, model, ext, layout, names, labels, bar=None: {})
+    monkeypatch.setattr(seeds, "score_seeds", lambda cfg, model, ext, layout, names, labels, **kw:
+                        scored.append((ext, len(names))) or ({"seed_miou": 1.0}, None, None))
+    layers = load_config("params.yaml", ["data.max_seed_images=2"], smoke=True)
+    heads = load_config("params.yaml", ["data.max_seed_images=2", "affinity.channels=heads"], smoke=True)
+    whole = len(layout_of(layers).read_list(layers.data.tune_split))
+    assert whole > 2
+    scorer = search_mod.SeedScorer()
+    for cfg, images in ((layers, None), (heads, None), (layers, 0), (heads, 0)):
+        scorer.for_config(cfg, images=images)(model=None)
+    assert built == [False, True]                         # one extractor per channels value, reused after
+    assert scored == [(1, 2), (2, 2), (1, whole), (2, whole)]
 
 
 def test_enqueued_points_run_first_once_and_again_only_after_a_failure(tmp_path):

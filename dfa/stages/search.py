@@ -19,7 +19,6 @@ The space file format is described in ``experiments/README.md`` (read by ``searc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -71,20 +70,23 @@ class SeedScorer:
     def __init__(self):
         self._extractors: dict[str, Any] = {}
 
-    def for_config(self, cfg: Config, crf: bool | None = False, default_images: int = SCORE_IMAGES,
+    def for_config(self, cfg: Config, crf: bool | None = False, images: int | None = None,
                    split: str | None = None) -> Callable[..., dict[str, float]]:
-        """A ``score(model, bar=None)`` for ``cfg`` on ``split`` (default ``data.tune_split``);
-        ``default_images`` applies when ``data.max_seed_images`` is 0 (0 again = the whole split)."""
+        """A ``score(model, bar=None)`` for ``cfg`` on the first ``images`` of ``split`` (default
+        ``data.tune_split``; 0: the whole split; None: ``data.max_seed_images``, or ``SCORE_IMAGES``
+        when that is 0, as a trial is screened)."""
         from dfa.stages.seeds import calibrate, score_seeds
-        from dfa.stages.views import extractor
+        from dfa.stages.views import extractor, extractor_key
 
         device = device_of(cfg)
         spec = class_spec(cfg)
         layout = layout_of(cfg)
         with data_errors():
-            names = limit(layout.read_list(split or cfg.data.tune_split), cfg.data.max_seed_images or default_images)
+            if images is None:
+                images = cfg.data.max_seed_images or SCORE_IMAGES
+            names = limit(layout.read_list(split or cfg.data.tune_split), images)
             labels = load_labels(layout.labels_path())
-        key = json.dumps([cfg.clip.__dict__, cfg.data.name, cfg.data.root, str(device)], sort_keys=True, default=str)
+        key = extractor_key(cfg, device)
         if key not in self._extractors:
             self._extractors[key] = extractor(cfg, spec, device)
         ext = self._extractors[key]

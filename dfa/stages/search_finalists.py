@@ -95,7 +95,7 @@ def trainer(cfg: Config, args, space, parent_id: str | None, out_root: Path, tri
         with stage_run(tcfg, f"finalist {f.name} · seed {seed}", nested_in=parent_id, extra_tags=tags) as run:
             run.log_params({f"finalist.{k}": v for k, v in f.values.items()})
             fit(tcfg, run)
-            metrics = scorer.for_config(tcfg, crf, default_images=0)(load_trained(tcfg, device_of(tcfg)))
+            metrics = scorer.for_config(tcfg, crf, images=0)(load_trained(tcfg, device_of(tcfg)))
             run.log_metrics(metrics)
         console.print(f"finalist {f.name} seed {seed}: {space.metric} {metrics[space.metric]:.2f}")
         return metrics[space.metric]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import torch
@@ -39,6 +40,13 @@ def normalise(images: np.ndarray | torch.Tensor, cfg: Config) -> torch.Tensor:
 def extractor(cfg: Config, spec: ClassSpec, device) -> DenseExtractor:
     clip = load_backbone(cfg, spec, device)
     return DenseExtractor(clip, spec, cfg.clip.templates, cfg.clip.precision, heads=per_head(cfg))
+
+
+def extractor_key(cfg: Config, device) -> str:
+    """What :func:`extractor` reads from ``cfg``: two configs with one key may share an extractor
+    (a study keeps it across trials; a ``heads`` trial must not get a ``layers`` one)."""
+    return json.dumps([cfg.clip.__dict__, cfg.data.name, str(cfg.data.root), str(device), per_head(cfg)],
+                      sort_keys=True, default=str)
 
 
 def per_head(cfg: Config) -> bool:
