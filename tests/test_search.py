@@ -145,6 +145,23 @@ def test_the_scorer_keeps_an_extractor_per_channels_and_scores_the_asked_images(
     assert scored == [(1, 2), (2, 2), (1, whole), (2, whole)]
 
 
+def test_prepare_writes_a_branch_stage_reports_under_the_study_not_the_pipeline(in_workspace, monkeypatch):
+    """``--prepare`` for a ``when`` branch (the per-head cache) once overwrote the pipeline's
+    ``reports/metrics/cache.json`` with the branch's; its stages now get the study's ``out_root``."""
+    path = in_workspace / "when.yaml"
+    path.write_text(yaml.safe_dump({"params": {"affinity.channels": {"type": "categorical",
+                                                                     "choices": ["layers", "heads"]}},
+                                    "when": {"affinity.channels": {"heads": {"cache.dir": "cache/per-head"}}}}))
+    space = search_space.load_space(path, load_config("params.yaml", [], smoke=True))
+    args = argparse.Namespace(params="params.yaml", overrides=[], smoke=True, prepare=True, study="v3 heads")
+    ran = []
+    monkeypatch.setattr(search_mod.search_prereqs, "run_missing", lambda problems, a, extra: ran.append(extra))
+    with pytest.raises(WorkbenchError, match="still missing after --prepare"):
+        search_mod.check_prerequisites(args, space)     # nothing really ran: the heads cache is still missing
+    branch = "smoke/reports/search/v3_heads/prepare/affinity.channels_heads-cache.dir_cache_per-head"
+    assert ran == [['affinity.channels="heads"', 'cache.dir="cache/per-head"', f'out_root="{branch}"']]
+
+
 def test_enqueued_points_run_first_once_and_again_only_after_a_failure(tmp_path):
     path = tmp_path / "space.yaml"
     point = {"train.head_lr_mult": 25.0, "affinity.head": "bilinear"}

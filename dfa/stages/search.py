@@ -341,16 +341,21 @@ def check_prerequisites(args, space: Space) -> None:
     ``when`` branch (e.g. the per-head cache of ``affinity.channels: heads``)."""
     for variant in [{}, *space.variants()]:
         extra = [*fixed_overrides(space), *(override_text(k, v) for k, v in variant.items())]
-        _check_one(args, extra)
+        _check_one(args, extra, _slug("-".join(f"{k}={v}" for k, v in variant.items())) if variant else None)
 
 
-def _check_one(args, extra: list[str]) -> None:
+def _check_one(args, extra: list[str], branch: str | None = None) -> None:
+    """``branch``: a ``when`` branch's name; the stages ``--prepare`` runs for it write their
+    reports under the study's ``prepare/<branch>`` (``out_root``), so a branch's cache never
+    overwrites the pipeline's own ``reports/metrics/cache.json``."""
     def config() -> Config:
         return load_config(args.params, [*args.overrides, *extra], smoke=args.smoke)
 
     problems = search_prereqs.missing(config())
     if problems and getattr(args, "prepare", False):
-        search_prereqs.run_missing(problems, args, extra)
+        root = [] if branch is None else [
+            override_text("out_root", str(config().out(REPORTS) / _slug(args.study) / "prepare" / branch))]
+        search_prereqs.run_missing(problems, args, [*extra, *root])
         problems = search_prereqs.missing(config())
     if problems:
         first = problems[0]
