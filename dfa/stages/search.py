@@ -81,9 +81,9 @@ class SeedScorer:
         device = device_of(cfg)
         spec = class_spec(cfg)
         layout = layout_of(cfg)
+        if images is None:
+            images = cfg.data.max_seed_images or SCORE_IMAGES
         with data_errors():
-            if images is None:
-                images = cfg.data.max_seed_images or SCORE_IMAGES
             names = limit(layout.read_list(split or cfg.data.tune_split), images)
             labels = load_labels(layout.labels_path())
         key = extractor_key(cfg, device)
@@ -105,6 +105,11 @@ class SeedScorer:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("_") or "study"
+
+
+def study_reports(cfg: Config, study: str) -> Path:
+    """``reports/search/<study>/`` (under ``out_root`` or ``smoke/``): the summary, finalists, prepare/."""
+    return cfg.out(REPORTS) / _slug(study)
 
 
 def make_objective(cfg: Config, args, space: Space, parent_id: str | None, scorer: SeedScorer,
@@ -351,10 +356,11 @@ def _check_one(args, extra: list[str], branch: str | None = None) -> None:
     def config() -> Config:
         return load_config(args.params, [*args.overrides, *extra], smoke=args.smoke)
 
-    problems = search_prereqs.missing(config())
+    cfg = config()
+    problems = search_prereqs.missing(cfg)
     if problems and getattr(args, "prepare", False):
         root = [] if branch is None else [
-            override_text("out_root", str(config().out(REPORTS) / _slug(args.study) / "prepare" / branch))]
+            override_text("out_root", str(study_reports(cfg, args.study) / "prepare" / branch))]
         search_prereqs.run_missing(problems, args, [*extra, *root])
         problems = search_prereqs.missing(config())
     if problems:
@@ -386,7 +392,7 @@ def search(cfg: Config, args) -> int:
     study = open_study(cfg, space, args.study)
     if workers > 1 and cfg.search.storage.startswith("sqlite"):
         console.print(f"[yellow]search: {workers} workers on SQLite: {POSTGRES_HINT}[/]", soft_wrap=True)
-    out_dir = cfg.out(REPORTS) / _slug(args.study)
+    out_dir = study_reports(cfg, args.study)
     tags = {"optuna.study": args.study, "search.space": str(space.path), "search.workers": str(workers)}
     with stage_run(cfg, "search", extra_tags=tags) as parent:
         if workers == 1:
