@@ -163,6 +163,26 @@ def test_markdown_figure_and_mlflow(table):
     assert ("0", "none", "1") not in seeds                        # untrained rows run once
 
 
+def test_timing_figure_reads_each_cells_phases_from_its_run(table):
+    """reports/timings/ablation.png (issue 17): phases logged per cell; a repeat's cells are reuses."""
+    from mlflow.tracking import MlflowClient
+
+    from dfa.stages.ablation_timing import cell_timings
+    ws, db, _ = table
+    assert (ws / "smoke/reports/timings/ablation.png").read_bytes()[:4] == b"\x89PNG"
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    first, repeat = sorted(mlflow_runs(db, "tags.stage = 'ablation'"), key=lambda r: r.info.start_time)[:2]
+    cells = cell_timings(client, first.info.run_id)
+    by = {c["label"]: c for c in cells}
+    assert len(cells) == len(by) == 13                  # 9 entries: cam 0 4 features 4-init grid once, 4 ×2 …
+    trained, scored = by["row 4 · seed 1"], by["raw CAM · seed 0"]
+    assert trained["train"] > 0 and trained["score"] > 0 and trained["decoder"] > 0 and not trained["reused"]
+    assert scored["score"] > 0 and scored["decoder"] == 0 and scored["train"] < trained["train"]
+    assert all(c["wall_s"] >= c["train"] + c["score"] + c["decoder"] - 1e-6 for c in cells)
+    again = cell_timings(client, repeat.info.run_id)
+    assert len(again) == len(cells) and all(c["reused"] for c in again)
+
+
 def test_bad_rows_is_a_one_line_error(smoke_workspace, dfa_cli):
     proc = dfa_cli(smoke_workspace, "ablation", "--smoke", "--rows", "0,9", "-S", "tracking.enabled=false",
                    check=False)

@@ -37,6 +37,7 @@ import numpy as np
 from dfa.config import CEILINGS, AblationConfig, Config, ConfigError, load_config
 from dfa.io import atomic_path, write_json, write_text
 from dfa.stages.common import console, git_commit, progress
+from dfa.stages.ablation_timing import FIGURE as TIMING_FIGURE, REUSED_TAG, cell_timings, timing_figure
 
 MARKDOWN = Path("reports/ablation.md")
 CSV = Path("reports/ablation.csv")
@@ -195,8 +196,10 @@ def run_cell(args, entry: Entry, seed: int, ctx: Context, parent_id: str | None,
     tags = {"ablation.row": entry.row, "ablation.ceiling": entry.ceiling, "ablation.seed": str(seed)}
     with stage_run(cfg, f"{entry.label} · seed {seed}", nested_in=parent_id, extra_tags=tags) as run:
         model_file = Path(cfg.train.dir) / "model.pt"
+        t0 = time.perf_counter()
         if entry.trains:
             fit(cfg, run)
+        times = {"time_train_s": time.perf_counter() - t0}     # reports/timings/ablation.png
         needs_model = entry.per_seed
         want_seg = entry.trains and wants_decoder(args, entry)
         fp = fingerprint({"cfg": cfg.flat(), "model": file_digest(model_file) if needs_model else "",
@@ -204,6 +207,7 @@ def run_cell(args, entry: Entry, seed: int, ctx: Context, parent_id: str | None,
         if cell_path.exists():
             cached = json.loads(cell_path.read_text())
             if cached.get("fingerprint") == fp:
+                run.set_tags({REUSED_TAG: "1"})
                 run.log_metrics({k: v for k, v in cached["metrics"].items() if _finite(v)})
                 return cached["metrics"]
         if needs_model:
@@ -216,18 +220,21 @@ def run_cell(args, entry: Entry, seed: int, ctx: Context, parent_id: str | None,
         fn = features_tokens(cfg) if entry.row == "features" else None
         kind = "cam" if entry.row == "cam" else "seed"
         with progress() as bar:
+            t0 = time.perf_counter()
             bg = calibrate(cfg, model, ctx.ext, ctx.layout, ctx.tune, ctx.labels, bar, seed_fn=fn)
             m, _, _ = score_seeds(cfg, model, ctx.ext, ctx.layout, ctx.train, ctx.labels, bar=bar, bg=bg, seed_fn=fn,
                                   crf=False if kind == "cam" else None,
                                   shift_ref=shift_reference(cfg, model) if needs_model else None)
+            t1 = time.perf_counter()
             seg = decoder_miou(cfg, model, ctx.ext, ctx.layout, ctx.val, bar) if want_seg else float("nan")
+            times |= {"time_score_s": t1 - t0, "time_decoder_s": time.perf_counter() - t1}
         if kind == "cam":   # the raw CAM row reports the raw CAM as its seed (its mask: CRF on it is not run)
             m = {**m, "seed_miou": m["cam_miou"], **{f"seed_{s}": m[f"cam_{s}"] for s in SHARES},
                  "bg_power_seed": m["bg_power_cam"], "mask_miou": float("nan")}
         metrics = {"seed_miou": m["seed_miou"], "mask_miou": m.get("mask_miou", float("nan")), "seg_miou": seg,
                    **{s: m[f"seed_{s}"] for s in SHARES}, "bg_power": m["bg_power_seed"],
                    "cam_miou": m["cam_miou"], **{k: m[k] for k in SHIFTS if k in m}}
-        run.log_metrics({k: v for k, v in metrics.items() if _finite(v)})
+        run.log_metrics({**{k: v for k, v in metrics.items() if _finite(v)}, **times})
         write_json(cell_path, {"fingerprint": fp, "metrics": metrics})
     return metrics
 
@@ -426,6 +433,9 @@ def ablation(cfg: Config, args) -> int:
         parent.log_metrics({"wall_s": wall})
         for path in (md, csv, fig):
             parent.log_artifact(path, "ablation")
+        if cfg.tracking.enabled:   # the cells' times come from their runs (ablation_timing)
+            timing_figure(cell_timings(parent.client, parent.run_id), wall, cfg.out(TIMING_FIGURE),
+                          f"dfa ablation on {cfg.data.name}")
     table = Table(title=f"ablation on {cfg.data.name}: seed mIoU, mean ± std over seeds {seeds}")
     for head in ("row", "seed", "mask", "decoder", "missed", "wrong", "spill"):
         table.add_column(head, justify="left" if head == "row" else "right")
