@@ -11,11 +11,15 @@ The wall time in the title is that run's (start to end).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from dfa.config import load_config
-from dfa.stages.ablation_timing import FIGURE, cell_timings, timing_figure
-from dfa.tracking import client_for
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))      # this checkout's dfa, whatever the environment has installed
+
+from dfa.config import load_config  # noqa: E402
+from dfa.stages.ablation_timing import FIGURE, cell_timings, timing_figure  # noqa: E402
+from dfa.tracking import client_for  # noqa: E402
 
 
 def main() -> int:
