@@ -60,11 +60,13 @@ def timing_figure(cells: list[dict], total_s: float, path: Path, title: str) -> 
             ax.text(x, yi, " reused", va="center", fontsize=7, color="0.3")
     ax.set_yticks(y, [f"{c['label']}" for c in cells], fontsize=7)
     ax.set_xlabel("minutes")
+    logged = any(c[p] for c in cells for p, _ in PHASES)
     ax.set_title(f"{title}: {total_s / 60:.1f} min in all, {len(cells)} cells "
-                 f"(sum of cells {sum(c['wall_s'] for c in cells) / 60:.1f} min)", fontsize=9)
+                 f"(sum of cells {sum(c['wall_s'] for c in cells) / 60:.1f} min)"
+                 + ("" if logged else "\nphases not logged by this run: each bar is the whole cell"), fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
+        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")     # long row labels
     plt.close(fig)
