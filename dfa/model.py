@@ -437,11 +437,18 @@ class DFA(nn.Module):
         return self.run_decoder(tokens, grid)[0]
 
     def trainable_groups(self) -> list[dict]:
+        """AdamW groups: the affinity heads at lr × ``head_lr_mult`` (§6 v3), the decoder at lr ×
+        ``decoder_lr_mult``, and, with ``train.inv_head_lr_mult`` set, A_ha's head as a third group."""
         c = self.cfg.train
-        heads = [p for m in (self.head_s, self.head_inv, self.rel_s, self.rel_inv) if m is not None
-                 for p in m.parameters()]
-        return [{"params": heads, "lr": c.lr * c.head_lr_mult},
-                {"params": self.decoder.parameters(), "lr": c.lr * c.decoder_lr_mult}]
+        split = c.inv_head_lr_mult is not None
+        own = (self.head_s, self.rel_s) if split else (self.head_s, self.head_inv, self.rel_s, self.rel_inv)
+        heads = [p for m in own if m is not None for p in m.parameters()]
+        groups = [{"params": heads, "lr": c.lr * c.head_lr_mult},
+                  {"params": self.decoder.parameters(), "lr": c.lr * c.decoder_lr_mult}]
+        if split:
+            inv = [p for m in (self.head_inv, self.rel_inv) if m is not None for p in m.parameters()]
+            groups.append({"params": inv, "lr": c.lr * c.inv_head_lr_mult})
+        return groups
 
 
 __all__ = ["DFA", "Decoder", "Affinities", "TokenScores", "OT_DIAGNOSTICS", "Refined", "decoder_areas", "gt_areas",

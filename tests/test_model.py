@@ -113,6 +113,19 @@ def test_head_lr_mult_scales_the_heads_lr_only():
     assert {id(p) for m in (model.head_s, model.head_inv, model.rel_s, model.rel_inv) for p in m.parameters()} == heads
 
 
+def test_inv_head_lr_mult_gives_a_ha_its_own_lr():
+    model = _model(**{"train.lr": 0.001, "affinity.head": "bilinear", "train.head_lr_mult": 25,
+                      "train.inv_head_lr_mult": 1})
+    groups = model.trainable_groups()
+    assert [g["lr"] for g in groups] == pytest.approx([0.025, 0.01, 0.001])
+    ids = [{id(p) for p in g["params"]} for g in groups]
+    assert ids[0] == {id(p) for m in (model.head_s, model.rel_s) for p in m.parameters()}
+    assert ids[2] == {id(p) for m in (model.head_inv, model.rel_inv) for p in m.parameters()}
+    assert not (ids[0] & ids[2])
+    with pytest.raises(Exception, match="inv_head_lr_mult"):
+        _model(**{"train.inv_head_lr_mult": 0})
+
+
 def test_warm_up_switches_lfaa_and_hfar_off():
     model = _model()
     tokens, attn, labels, scores = _batch()

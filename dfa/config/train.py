@@ -32,6 +32,9 @@ class TrainConfig:
     # The affinity heads' lr is lr × head_lr_mult (§6: 1, over 30k steps). Not in the paper: on a
     # schedule of a few hundred steps the heads otherwise end within a few hundredths of their init.
     head_lr_mult: float = 1.0
+    # A_ha's head (head_inv, rel_inv) alone: null = head_lr_mult. Not in the paper: at head_lr_mult
+    # 25, HFAR turns A_ha into a same-class affinity and row 3 loses its spill cut (README, Results).
+    inv_head_lr_mult: float | None = None
     weight_decay: float = 0.01
     warmup: int = 50
     power: float = 1.0
@@ -45,6 +48,8 @@ class TrainConfig:
         _positive("train.batch_size", self.batch_size)
         _positive("train.lr", self.lr)
         _positive("train.head_lr_mult", self.head_lr_mult)
+        if self.inv_head_lr_mult is not None:
+            _positive("train.inv_head_lr_mult", self.inv_head_lr_mult)
         _nonneg("train.weight_decay", self.weight_decay)
         _nonneg("train.warmup", self.warmup)
         _positive("train.checkpoint_interval", self.checkpoint_interval)
