@@ -56,6 +56,7 @@ STAGE_HELPERS = {
     "dfa.stages.search_prereqs",   # what a study needs before it starts
     "dfa.stages.search_workers",   # worker processes on one study
     "dfa.stages.search_finalists", # re-scoring a study's finalists over seeds (search --rescore)
+    "dfa.stages.ablation_timing",  # the ablation cells' phase times, from their runs, as a figure
 }
 
 

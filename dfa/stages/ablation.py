@@ -225,9 +225,12 @@ def run_cell(args, entry: Entry, seed: int, ctx: Context, parent_id: str | None,
             m, _, _ = score_seeds(cfg, model, ctx.ext, ctx.layout, ctx.train, ctx.labels, bar=bar, bg=bg, seed_fn=fn,
                                   crf=False if kind == "cam" else None,
                                   shift_ref=shift_reference(cfg, model) if needs_model else None)
-            t1 = time.perf_counter()
-            seg = decoder_miou(cfg, model, ctx.ext, ctx.layout, ctx.val, bar) if want_seg else float("nan")
-            times |= {"time_score_s": t1 - t0, "time_decoder_s": time.perf_counter() - t1}
+            times["time_score_s"] = time.perf_counter() - t0
+            seg = float("nan")
+            if want_seg:
+                t0 = time.perf_counter()
+                seg = decoder_miou(cfg, model, ctx.ext, ctx.layout, ctx.val, bar)
+                times["time_decoder_s"] = time.perf_counter() - t0
         if kind == "cam":   # the raw CAM row reports the raw CAM as its seed (its mask: CRF on it is not run)
             m = {**m, "seed_miou": m["cam_miou"], **{f"seed_{s}": m[f"cam_{s}"] for s in SHARES},
                  "bg_power_seed": m["bg_power_cam"], "mask_miou": float("nan")}
