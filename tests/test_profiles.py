@@ -14,6 +14,7 @@ from tests.conftest import REPO, run_dfa
 PARAMS = REPO / "params.yaml"
 STUDY_KEYS = ["frequency.ratio", "frequency.temperature", "loss.align_start", "loss.lambda_align",
               "loss.lambda_rect", "ot.epsilon", "ot.prior"]
+V3_KEYS = ["affinity.head", "train.head_lr_mult"]      # the v3 finalists (README, Choices)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,9 @@ def test_profile_key_in_the_params_file_is_the_same_switch(tmp_path):
 def test_without_a_profile_the_studys_values_say_so():
     cfg = load_config(PARAMS)
     assert cfg.provenance.profile is None
-    assert cfg.provenance.non_default() == {k: "study:method-v2b" for k in STUDY_KEYS}
-    assert set(study_sources()) == set(STUDY_KEYS)
+    assert cfg.provenance.non_default() == ({k: "study:method-v2b" for k in STUDY_KEYS}
+                                            | {k: "study:method-v3-finalists" for k in V3_KEYS})
+    assert set(study_sources()) == set(STUDY_KEYS) | set(V3_KEYS)
     # a value changed from the study's is no longer the study's
     assert load_config(PARAMS, ["ot.epsilon=0.1"]).provenance.sources["ot.epsilon"] == "override"
 
