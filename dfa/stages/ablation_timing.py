@@ -21,8 +21,8 @@ REUSED_TAG = "ablation.reused"
 
 
 def cell_timings(client, parent_id: str) -> list[dict]:
-    """The child runs of ``parent_id`` oldest first, as ``{label, seed, wall_s, reused,
-    <phase>: seconds}`` (an unfinished run's end is its last update; phases absent: 0)."""
+    """The child runs of ``parent_id`` oldest first, as ``{label, wall_s, reused, <phase>:
+    seconds}`` (the label names the seed; an unfinished run counts 0 s; phases absent: 0)."""
     from mlflow.entities import ViewType
 
     parent = client.get_run(parent_id)
@@ -32,7 +32,7 @@ def cell_timings(client, parent_id: str) -> list[dict]:
     for r in runs:
         end = r.info.end_time or r.info.start_time
         tags, metrics = r.data.tags, r.data.metrics
-        out.append({"label": r.info.run_name or r.info.run_id, "seed": tags.get("ablation.seed", ""),
+        out.append({"label": r.info.run_name or r.info.run_id,
                     "wall_s": max(0.0, (end - r.info.start_time) / 1000), "reused": tags.get(REUSED_TAG) == "1",
                     **{p: float(metrics.get(f"time_{p}_s", 0.0)) for p, _ in PHASES}})
     return out
@@ -58,7 +58,7 @@ def timing_figure(cells: list[dict], total_s: float, path: Path, title: str) -> 
     for yi, cell, x in zip(y, cells, left):
         if cell["reused"]:
             ax.text(x, yi, " reused", va="center", fontsize=7, color="0.3")
-    ax.set_yticks(y, [f"{c['label']}" for c in cells], fontsize=7)
+    ax.set_yticks(y, [c["label"] for c in cells], fontsize=7)
     ax.set_xlabel("minutes")
     logged = any(c[p] for c in cells for p, _ in PHASES)
     ax.set_title(f"{title}: {total_s / 60:.1f} min in all, {len(cells)} cells "
