@@ -359,25 +359,41 @@ def hfar_pairs(s_h: torch.Tensor, labels: torch.Tensor, grid: Tuple[int, int], r
     return pos & keep, neg & keep
 
 
-def rectification_loss(a: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+def rectification_loss(a: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                       labels: Optional[torch.Tensor] = None, balance: str = "pairs") -> torch.Tensor:
     """HFAR rectification L_r. method.md §4.
 
-    ``L_r = mean_{pos}(1 − A) + mean_{neg} A`` over all pairs of the batch; each mean is 0
-    when it has no pairs. ``a`` is the symmetrised sigmoid output of the inverse path before
-    Sinkhorn, entries in [0, 1]. Range [0, 2]: 0 for a perfect affinity, 2 for an inverted
-    one with both kinds of pairs present (1 per kind).
+    ``balance="pairs"`` (the spec): ``L_r = mean_{pos}(1 − A) + mean_{neg} A`` over all pairs
+    of the batch. ``balance="fg_bg"`` [anchor: AffinityNet's bg/4 + fg/4 + neg/2, scaled ×2]:
+    the positives are split into background–background pairs (both tokens labelled 0) and the
+    rest (foreground), each averaged on its own, ``½ mean_{pos,bg}(1 − A) + ½ mean_{pos,fg}(1 − A)
+    + mean_{neg} A``: with ~80 % background the spec's positive mean is mostly background
+    pairs, and an object's own pairs hardly count (issue 17). Each mean is 0 when it has no
+    pairs. ``a`` is the symmetrised sigmoid output of the inverse path before Sinkhorn, in
+    [0, 1]. Range [0, 2]: 0 for a perfect affinity, 2 for an inverted one with every kind of
+    pair present.
 
     Args:
         a: (B, N, N) in [0, 1].
         pos, neg: (B, N, N) bool masks from :func:`hfar_pairs`.
+        labels: (B, N) token labels (0 = background), needed by ``fg_bg``.
     Returns:
         0-d tensor.
     """
-    pos = pos.to(a.dtype)
-    neg = neg.to(a.dtype)
-    pos_term = (pos * (1.0 - a)).sum() / pos.sum().clamp_min(1.0)
-    neg_term = (neg * a).sum() / neg.sum().clamp_min(1.0)
-    return pos_term + neg_term
+    def mean(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        mask = mask.to(a.dtype)
+        return (mask * x).sum() / mask.sum().clamp_min(1.0)
+
+    neg_term = mean(neg, a)
+    if balance == "pairs":
+        return mean(pos, 1.0 - a) + neg_term
+    if balance != "fg_bg":
+        raise ValueError(f"balance must be 'pairs' or 'fg_bg', got {balance!r}")
+    if labels is None or labels.shape != a.shape[:2]:
+        raise ValueError("balance='fg_bg' needs labels (B, N) matching a")
+    is_bg = labels == 0
+    pos_bg = pos & is_bg[:, :, None] & is_bg[:, None, :]
+    return 0.5 * mean(pos_bg, 1.0 - a) + 0.5 * mean(pos & ~pos_bg, 1.0 - a) + neg_term
 
 
 # ---------------------------------------------------------------------------------------

@@ -420,7 +420,7 @@ class DFA(nn.Module):
                 sz = self.sizes(grid)
                 pos, neg = hfar_pairs(s_h, y, grid, sz["radius"], sz["window"], hist_cos=lc.hist_cos,
                                       num_classes=self.num_classes, include_self=lc.hfar_diagonal)
-                out["rect"] = rectification_loss(aff.inv_raw, pos, neg)
+                out["rect"] = rectification_loss(aff.inv_raw, pos, neg, y, lc.rect_balance)
         out["total"] = out["seg"] + lc.lambda_align * out["align"] + lc.lambda_rect * out["rect"]
         return out
 

@@ -317,6 +317,34 @@ def test_rectification_loss():
     assert (a.grad[pos] < 0).all() and (a.grad[neg] > 0).all()
 
 
+
+def test_rectification_loss_fg_bg_balance():
+    """``fg_bg``: background and foreground positives weigh ½ each whatever their counts, so
+    an object's few pairs count as much as the background's many; ``pairs`` unchanged."""
+    y = torch.tensor([[0, 0, 0, 0, 0, 0, 1, 1]])            # 6 background tokens, 2 object tokens
+    same = y[:, :, None] == y[:, None, :]
+    pos, neg = same.clone(), ~same
+    a = same.float()
+    a[0, 6:, 6:] = 0.0                                       # the object's own pairs all wrong
+    spec = rectification_loss(a, pos, neg)
+    bal = rectification_loss(a, pos, neg, y, "fg_bg")
+    assert torch.isclose(spec, torch.tensor(4 / 40))          # 4 of the 40 positives wrong
+    assert torch.isclose(bal, torch.tensor(0.5))              # ½ · mean over the 4 fg pairs (all 1)
+    assert rectification_loss(same.float(), pos, neg, y, "fg_bg") == 0
+    assert torch.equal(rectification_loss(a, pos, neg, y, "pairs"), spec)
+    # a background-only image: the fg mean is empty (0), the bg mean weighs ½
+    y0 = torch.zeros(1, 4, dtype=torch.long)
+    p0 = torch.ones(1, 4, 4, dtype=torch.bool)
+    assert torch.isclose(rectification_loss(torch.zeros(1, 4, 4), p0, ~p0, y0, "fg_bg"), torch.tensor(0.5))
+    # gradient: an object pair is pushed harder than a background pair under fg_bg
+    g = torch.full((1, 8, 8), 0.5, requires_grad=True)
+    rectification_loss(g, pos, neg, y, "fg_bg").backward()
+    assert g.grad[0, 6, 7] < g.grad[0, 0, 1] < 0
+    with pytest.raises(ValueError, match="labels"):
+        rectification_loss(a, pos, neg, None, "fg_bg")
+    with pytest.raises(ValueError, match="balance"):
+        rectification_loss(a, pos, neg, y, "weighted")
+
 # --- segmentation ----------------------------------------------------------------------
 
 def test_balanced_seg_loss_manual():

@@ -28,6 +28,7 @@ class LossConfig:
     token_labels: str = "majority"
     label_margin: float = 0.1
     hfar_diagonal: bool = False    # v1 kept the diagonal pairs and S̄_h over all N² pairs
+    rect_balance: str = "pairs"    # L_r's positives: pairs (spec) | fg_bg (AffinityNet's split)
 
     def check(self) -> None:
         _nonneg("loss.lambda_align", self.lambda_align)
@@ -42,3 +43,4 @@ class LossConfig:
         _auto_or_positive("loss.window", self.window)
         _choice("loss.token_labels", self.token_labels, ("majority", "nearest"))
         _range("loss.label_margin", self.label_margin, 0.0, 1.0)
+        _choice("loss.rect_balance", self.rect_balance, ("pairs", "fg_bg"))
