@@ -28,6 +28,38 @@ def labels_at_image_size(scores: torch.Tensor, images: list[np.ndarray]) -> list
     return out
 
 
+
+def labels_for_powers(bg: torch.Tensor, fg: torch.Tensor, images: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """:func:`labels_at_image_size` of ``cat([bg[:, i:i+1], fg], 1)`` for every power i, with
+    the class channels resized and reduced once per image rather than once per power.
+
+    ``bg`` (B, P, crop, crop) the background channel at each of P powers, ``fg`` (B, C, crop,
+    crop) the class channels (absent < 0), shared by the powers. Bilinear resizing acts per
+    channel, so each label equals the full argmax's: background where it is ≥ the best kept
+    class (argmax takes the first maximum, and background is channel 0), else that class.
+    Returns P lists of label maps (one per image)."""
+    out: list[list[np.ndarray]] = [[] for _ in range(bg.shape[1])]
+    for j, im in enumerate(images):
+        size = im.shape[:2]
+        kept = torch.nonzero(fg[j].amax(dim=(-2, -1)) >= 0).flatten()
+        if len(kept):
+            up = F.interpolate(fg[j:j + 1, kept].float(), size=size, mode="bilinear", align_corners=False)[0]
+            best, arg = up.max(0)
+            cls = kept[arg] + 1
+        for i in range(bg.shape[1]):
+            b = bg[j, i]
+            if not len(kept):
+                lab = torch.zeros(size, dtype=torch.long) if bool(b.amax() >= 0) else None
+            elif bool(b.amax() < 0):
+                lab = cls
+            else:
+                up_b = F.interpolate(b[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+                lab = torch.where(up_b >= best, torch.zeros_like(cls), cls)
+            if lab is None:
+                raise ValueError(f"image {j}: no kept channel (every score < 0)")
+            out[i].append(lab.cpu().numpy())
+    return out
+
 def add_confusion(conf: torch.Tensor, preds: list[np.ndarray], gts: list[np.ndarray]) -> None:
     """Add each (prediction, ground truth) pair's confusion matrix to ``conf`` (K, K) in place."""
     n = conf.shape[0]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from dfa.affinity import head_shift
-from dfa.calibrate import add_confusion, choose_powers, labels_at_image_size
+from dfa.calibrate import add_confusion, choose_powers, labels_at_image_size, labels_for_powers
 from dfa.config import Config
 from dfa.crf import crf_labels, crf_pool
 from dfa.data.io import read_image, read_mask, write_mask
@@ -186,9 +186,10 @@ def calibrate(cfg: Config, model, ext, layout, names: list[str], labels: dict, b
         weight = model.par_weights(chunk.image) if cfg.refine.par_iters > 0 else None
         for kind, tok in toks.items():
             bg_up, fg_up = model.pixel_scores(tok, valid, chunk.image.shape[-2:], chunk.feats.grid)
-            for p, scores in zip(grid_values, model.finish_powers(chunk.image, bg_up, fg_up, valid, grid_values,
-                                                                  weight)):
-                add_confusion(conf[kind][p], labels_at_image_size(scores, chunk.raw), chunk.gts)
+            scores = model.finish_powers(chunk.image, bg_up, fg_up, valid, grid_values, weight)
+            bg_all = torch.cat([s[:, :1] for s in scores], dim=1)
+            for p, preds in zip(grid_values, labels_for_powers(bg_all, scores[0][:, 1:], chunk.raw)):
+                add_confusion(conf[kind][p], preds, chunk.gts)
         if bar is not None:
             bar.update(task, advance=len(chunk.names))
     return choose_powers(conf, grid_values)
