@@ -83,9 +83,15 @@ class CacheConfig:
     # Batches read ahead by a background thread while the current step runs (pinned host
     # memory on CUDA); 0 reads each batch synchronously. Same batches either way.
     prefetch: int = 2
+    # Frozen features of the scored splits kept in memory by a table's or a study's scoring
+    # (every cell scores the same tune/train/val views): GiB, 0 = off. Exact (the same bytes
+    # in give the stored float32 features out); least recently used out first.
+    memo_gib: float = 4.0
 
     def check(self) -> None:
         _choice("cache.dtype", self.dtype, ("float16", "float32"))
+        if not self.memo_gib >= 0:
+            raise ConfigError(f"cache.memo_gib: must be >= 0 (GiB, 0 = off), got {self.memo_gib!r}")
         _positive("cache.shard_size", self.shard_size)
         if self.prefetch < 0:
             raise ConfigError(f"cache.prefetch: must be >= 0, got {self.prefetch!r}")

@@ -161,6 +161,7 @@ class Context:
     def __init__(self, cfg: Config):
         from dfa.data.dataset import load_labels
         from dfa.stages.common import class_spec, data_errors, device_of, layout_of, limit
+        from dfa.backbone.memo import with_memo
         from dfa.stages.views import extractor
 
         self.device = device_of(cfg)
@@ -172,7 +173,7 @@ class Context:
             self.tune = limit(self.layout.read_list(d.tune_split), d.max_seed_images)
             self.val = limit(self.layout.read_list(d.eval_split), d.max_eval_images)
             self.labels = load_labels(self.layout.labels_path())
-        self.ext = extractor(cfg, self.spec, self.device)
+        self.ext = with_memo(extractor(cfg, self.spec, self.device), cfg.cache.memo_gib)
 
 
 def untrained_model(cfg: Config, ctx: Context):

@@ -76,6 +76,7 @@ class SeedScorer:
         ``data.tune_split``; 0: the whole split; None: ``data.max_seed_images``, or ``SCORE_IMAGES``
         when that is 0, as a trial is screened)."""
         from dfa.stages.seeds import calibrate, score_seeds
+        from dfa.backbone.memo import with_memo
         from dfa.stages.views import extractor, extractor_key
 
         device = device_of(cfg)
@@ -88,7 +89,7 @@ class SeedScorer:
             labels = load_labels(layout.labels_path())
         key = extractor_key(cfg, device)
         if key not in self._extractors:
-            self._extractors[key] = extractor(cfg, spec, device)
+            self._extractors[key] = with_memo(extractor(cfg, spec, device), cfg.cache.memo_gib)
         ext = self._extractors[key]
 
         def score(model, bar=None) -> dict[str, float]:

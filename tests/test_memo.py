@@ -1,0 +1,74 @@
+"""dfa.backbone.memo: the in-memory memo of frozen features (``cache.memo_gib``)."""
+import torch
+
+from dfa.backbone.dense import ViewFeatures
+from dfa.backbone.memo import MemoExtractor, with_memo
+
+
+class CountingExtractor:
+    """A stand-in extractor: features are a deterministic function of the pixels."""
+    logit_scale = 42.0
+
+    def __init__(self):
+        self.calls = 0
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def __call__(self, images, present=None):
+        self.calls += 1
+        b = images.shape[0]
+        t = images.mean(dim=(1, 2, 3))                                     # (B,)
+        tokens = t[:, None, None, None].expand(b, 2, 4, 3).clone()
+        attn = torch.softmax(t[:, None, None, None] * torch.ones(b, 1, 4, 4), -1)
+        cos = t[:, None, None].expand(b, 4, 2).clone()
+        if present is not None:
+            cos = cos * present[:, None, :].float()
+        return ViewFeatures(tokens, attn, cos, cos[..., :0], (2, 2))
+
+
+def _same(a: ViewFeatures, b: ViewFeatures) -> bool:
+    return all(torch.equal(x, y) for x, y in zip((a.tokens, a.attn, a.cos, a.cos_bg), (b.tokens, b.attn, b.cos, b.cos_bg)))
+
+
+def test_memo_returns_exactly_the_extractors_output_and_counts_hits():
+    inner = CountingExtractor()
+    memo = MemoExtractor(inner, 1 << 20)
+    x = torch.randn(3, 3, 8, 8)
+    p = torch.tensor([[True, False], [True, True], [False, True]])
+    first = memo(x, p)
+    again = memo(x.clone(), p.clone())                 # same bytes, other tensors: a hit
+    assert inner.calls == 1 and (memo.hits, memo.misses) == (1, 1)
+    assert _same(first, again) and _same(again, CountingExtractor()(x, p))
+    y = x.clone()
+    y[0, 0, 0, 0] += 1e-3                              # one pixel differs: a miss
+    assert not _same(memo(y, p), first) and inner.calls == 2
+    memo(x, ~p)                                        # other classes present: a miss
+    memo(x)                                            # no present at all: a miss
+    assert inner.calls == 4
+    assert memo.logit_scale == 42.0 and memo.device == torch.device("cpu")   # the inner's attributes
+
+
+def test_memo_evicts_least_recently_used_beyond_its_size():
+    inner = CountingExtractor()
+    xs = [torch.full((1, 3, 8, 8), float(i)) for i in range(3)]
+    size = sum(t.numel() * t.element_size() for t in (lambda f: (f.tokens, f.attn, f.cos, f.cos_bg))(inner(xs[0])))
+    inner.calls = 0
+    memo = MemoExtractor(inner, 2 * size)              # room for two
+    memo(xs[0]), memo(xs[1]), memo(xs[0])              # xs[0] is now the most recent
+    memo(xs[2])                                        # evicts xs[1]
+    assert memo.bytes <= 2 * size and inner.calls == 3
+    memo(xs[0])
+    assert inner.calls == 3                            # still there
+    memo(xs[1])
+    assert inner.calls == 4                            # was evicted
+    tiny = MemoExtractor(CountingExtractor(), size - 1)     # an output larger than the memo is not kept
+    tiny(xs[0]), tiny(xs[0])
+    assert tiny.inner.calls == 2 and tiny.bytes == 0
+
+
+def test_with_memo_zero_is_the_extractor_itself():
+    inner = CountingExtractor()
+    assert with_memo(inner, 0) is inner
+    assert isinstance(with_memo(inner, 0.5), MemoExtractor)
