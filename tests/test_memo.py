@@ -50,19 +50,20 @@ def test_memo_returns_exactly_the_extractors_output_and_counts_hits():
     assert memo.logit_scale == 42.0 and memo.device == torch.device("cpu")   # the inner's attributes
 
 
-def test_memo_evicts_least_recently_used_beyond_its_size():
+def test_a_full_memo_keeps_what_it_has_and_stores_no_more():
+    """A cycle larger than the memo (a table's tune, train, val) still hits on the entries kept
+    first; an LRU memo would miss every time."""
     inner = CountingExtractor()
     xs = [torch.full((1, 3, 8, 8), float(i)) for i in range(3)]
     size = sum(t.numel() * t.element_size() for t in (lambda f: (f.tokens, f.attn, f.cos, f.cos_bg))(inner(xs[0])))
     inner.calls = 0
-    memo = MemoExtractor(inner, 2 * size)              # room for two
-    memo(xs[0]), memo(xs[1]), memo(xs[0])              # xs[0] is now the most recent
-    memo(xs[2])                                        # evicts xs[1]
-    assert memo.bytes <= 2 * size and inner.calls == 3
-    memo(xs[0])
-    assert inner.calls == 3                            # still there
-    memo(xs[1])
-    assert inner.calls == 4                            # was evicted
+    memo = MemoExtractor(inner, 2 * size)              # room for two of the three
+    for _ in range(3):                                 # three cycles over all three
+        for x in xs:
+            memo(x)
+    assert memo.bytes == 2 * size
+    assert inner.calls == 3 + 2                        # xs[0], xs[1] once; xs[2] every cycle
+    assert (memo.hits, memo.misses) == (4, 5)
     tiny = MemoExtractor(CountingExtractor(), size - 1)     # an output larger than the memo is not kept
     tiny(xs[0]), tiny(xs[0])
     assert tiny.inner.calls == 2 and tiny.bytes == 0

@@ -5,12 +5,14 @@ the same ``val`` views) with the same frozen CLIP, so the forward passes after t
 repeat work: about a quarter of a cell's scoring time on the 2-core machine (cProfile of one
 calibration). The memo keys each call by the bytes of its inputs, so a hit returns exactly
 what the extractor returned for those bytes; it never returns features of other pixels.
-Stored on the CPU, least recently used first out beyond ``max_bytes``.
+Stored on the CPU until ``max_bytes`` is reached; then it keeps what it has and stores no
+more. Not LRU: a table reads tune, train (and val) in the same cycle every cell, and a cycle
+larger than an LRU memo would evict each entry just before its next use (no hits at all);
+keeping the first entries gives the hit rate of their share.
 """
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 
 import torch
 
@@ -40,7 +42,7 @@ class MemoExtractor:
     def __init__(self, inner: DenseExtractor, max_bytes: int):
         self.inner = inner
         self.max_bytes = int(max_bytes)
-        self._store: OrderedDict[str, ViewFeatures] = OrderedDict()
+        self._store: dict[str, ViewFeatures] = {}
         self.bytes = 0
         self.hits = self.misses = 0
 
@@ -51,18 +53,14 @@ class MemoExtractor:
         key = _digest(images, present)
         found = self._store.get(key)
         if found is not None:
-            self._store.move_to_end(key)
             self.hits += 1
             return found.to(self.inner.device)
         self.misses += 1
         out = self.inner(images, present)
         size = _nbytes(out)
-        if size <= self.max_bytes:
+        if self.bytes + size <= self.max_bytes:
             self._store[key] = out.to("cpu")
             self.bytes += size
-            while self.bytes > self.max_bytes:
-                _, old = self._store.popitem(last=False)
-                self.bytes -= _nbytes(old)
         return out
 
 
