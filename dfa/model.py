@@ -278,6 +278,8 @@ class DFA(nn.Module):
         if o.formulation == "reweight":
             return TokenScores(fg=reweight_scores(o_hat, valid, o.epsilon, o.max_iters, o.tol))
         kind = prior_kind or o.prior
+        if kind == "refined":
+            areas = self.refined_areas(aff, s_hat, valid)
         # cam_area counts the raw CAM's own labels (cam_labels of Ŝ, §1); the others read Ŝ as O is scaled
         scores = s_hat if kind in ("cam_area", "cam_area_scaled") else normalize_scores(s_hat, valid, o.normalize)
         b = prior(kind, scores, valid, o.prior_mix, o.tau, areas, o.normalize)
@@ -290,6 +292,19 @@ class DFA(nn.Module):
             return TokenScores(fg=post[..., 1:], bg=post[..., 0], m_r=m_r, posterior=post,
                                column_sums=info["column_sums"], ot=diag)
         return TokenScores(fg=m_r[..., 1:], bg=None, m_r=m_r, posterior=post, column_sums=info["column_sums"], ot=diag)
+
+    def refined_areas(self, aff: Affinities, s_hat: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Class areas (B, 1 + C) for ``ot.prior: refined`` [choice, issue 17]: the share of
+        tokens each column wins in the E(⊙) read-out of this row's affinities (rows 2–3's
+        refinement, §7: Norm(A_la ⊙ A_ha)², CAM propagated, min-maxed per class), with the
+        anchors' residual background (1 − max_c)^``ot.refined_power``; absent classes 0."""
+        affs = [aff.s_raw] + ([aff.inv_raw] if aff.inv_raw is not None else [])
+        a = product_affinity(affs, self.cfg.affinity.sinkhorn_rounds, self.cfg.affinity.square)
+        present = valid[:, None, 1:].bool()
+        fg = minmax_tokens(a @ s_hat[..., 1:]) * present
+        bg = (1.0 - fg.amax(dim=-1, keepdim=True)).clamp_min(0.0) ** self.cfg.ot.refined_power
+        lab = torch.cat([bg, fg.masked_fill(~present, -1.0)], dim=-1).argmax(dim=-1)      # (B, N)
+        return F.one_hot(lab, s_hat.shape[-1]).to(s_hat.dtype).mean(dim=-2)
 
     @torch.no_grad()
     def refine(self, aff: Affinities | None, s_hat: torch.Tensor, valid: torch.Tensor, image: torch.Tensor,

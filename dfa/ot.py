@@ -33,7 +33,7 @@ __all__ = ["FORMULATIONS", "PRIORS", "READOUTS", "NORMALIZE", "SCORES", "sinkhor
            "reweight_scores"]
 
 FORMULATIONS = ("balanced", "relaxed", "dustbin", "reweight")
-PRIORS = ("cam_area", "cam_area_scaled", "softmax_sum", "tempered", "uniform", "decoder", "oracle")
+PRIORS = ("cam_area", "cam_area_scaled", "softmax_sum", "tempered", "uniform", "decoder", "refined", "oracle")
 READOUTS = ("posterior", "colmax")
 NORMALIZE = ("class", "image")
 SCORES = ("fixed", "literal")
@@ -393,6 +393,9 @@ def prior(kind: str, scores: torch.Tensor, valid: torch.Tensor, mix: float = 0.2
     * ``tempered`` (v1): ``softmax_c(mean_i Ŝ_ic / τ)``.
     * ``uniform``.
     * ``decoder``: ``areas`` (B, C) predicted by the decoder, floored and mixed as ``cam_area``.
+    * ``refined`` [choice, issue 17]: ``areas`` (B, C) counted on the E(⊙) read-out of the row's
+      own learned affinities (:meth:`dfa.model.DFA.refined_areas`), floored and mixed as
+      ``cam_area``.
     * ``oracle``: ``areas`` = ground-truth areas, used as given (a ceiling row, §11).
 
     Absent columns get 0.
@@ -401,14 +404,14 @@ def prior(kind: str, scores: torch.Tensor, valid: torch.Tensor, mix: float = 0.2
     vf = valid.to(scores.dtype)
     n = scores.shape[-2]
     uniform = vf / vf.sum(dim=-1, keepdim=True).clamp_min(1)
-    if kind in ("cam_area", "cam_area_scaled", "decoder"):
-        if kind != "decoder":
+    if kind in ("cam_area", "cam_area_scaled", "decoder", "refined"):
+        if kind not in ("decoder", "refined"):
             counted = normalize_scores(scores, valid, normalize) if kind == "cam_area_scaled" else scores
             lab = cam_labels(counted, valid)                                            # (B, N)
             share = torch.nn.functional.one_hot(lab, scores.shape[-1]).to(scores.dtype).mean(dim=-2)
         else:
             if areas is None:
-                raise ValueError("prior 'decoder' needs the decoder's areas")
+                raise ValueError(f"prior {kind!r} needs areas (B, C)")
             share = areas.to(scores.dtype)
         share = _renormalize(share.clamp_min(1.0 / n), valid)
         return _renormalize((1 - mix) * share + mix * uniform, valid)

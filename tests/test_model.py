@@ -297,3 +297,43 @@ def test_heads_move_measurably_more_at_a_higher_head_lr_mult(channels):
     assert set(slow) == {"head_shift", "head_shift_ha"}      # row 4: A_la and A_ha
     for k in slow:
         assert slow[k] > 1e-4 and fast[k] > 4 * slow[k], (k, slow, fast)
+
+
+# --- ot.prior: refined (issue 17 stretch) ------------------------------------------------
+
+def test_refined_areas_count_the_e_product_readout_by_hand():
+    """Two blocks of tokens that relate only within themselves: the E(⊙) read-out spreads each
+    block's CAM inside it, so the areas are the blocks' sizes (independent of the raw CAM's own
+    argmax, which here picks class 1 on a third of block 2); absent classes get 0; the
+    background power moves tokens between background and class."""
+    from dfa.model import Affinities
+    model = _model(**{"ablation.row": 4, "ot.prior": "refined"}).eval()
+    n = 12
+    block = torch.zeros(1, n, n)
+    block[0, :8, :8] = 1.0
+    block[0, 8:, 8:] = 1.0
+    aff = Affinities(block, block, block.clone(), block)
+    s_hat = torch.zeros(1, n, 4)                      # [bg | 3 classes]
+    s_hat[0, :8, 1] = 1.0                             # class 0 (column 1) on block 1
+    s_hat[0, 8:, 1] = torch.tensor([0.0, 0.0, 0.0, 0.9])   # one token of block 2 lights class 0
+    s_hat[0, 8:, 2] = 0.5                             # class 1 (column 2) on block 2
+    s_hat[0, 0, 2] = 0.0
+    valid = torch.tensor([[True, True, True, False]])
+    areas = model.refined_areas(aff, s_hat, valid)
+    assert areas.shape == (1, 4) and torch.isclose(areas.sum(), torch.tensor(1.0))
+    assert areas[0, 3] == 0                           # absent class
+    assert torch.isclose(areas[0, 1], torch.tensor(8 / 12)) and torch.isclose(areas[0, 2], torch.tensor(4 / 12))
+    # a CAM flat at the minimum of its class is background at any power: block 2 under class 0
+    s_hat2 = s_hat.clone()
+    s_hat2[0, 8:, 2] = 0.0
+    areas2 = model.refined_areas(aff, s_hat2, valid)
+    assert torch.isclose(areas2[0, 0], torch.tensor(4 / 12)) and torch.isclose(areas2[0, 1], torch.tensor(8 / 12))
+    # the OT row uses them: its prior differs from the uniform one on this image
+    from dfa.ot import prior
+    b_ref = prior("refined", s_hat, valid, model.cfg.ot.prior_mix, areas=areas)
+    assert not torch.allclose(b_ref, prior("uniform", s_hat, valid))
+    # and the OT row reads them through token_scores: other scores than with the uniform prior
+    uni = _model(**{"ablation.row": 4, "ot.prior": "uniform"}).eval()
+    tok_r = model.token_scores(aff, s_hat, valid)
+    tok_u = uni.token_scores(aff, s_hat, valid)
+    assert torch.isfinite(tok_r.fg).all() and not torch.allclose(tok_r.fg, tok_u.fg)

@@ -254,7 +254,7 @@ def test_priors_sum_to_one_over_valid_columns_and_cam_area_counts_the_argmax():
     s = torch.rand(2, 40, 5, generator=g)
     valid = torch.tensor([[1, 1, 0, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     areas = torch.rand(2, 5, generator=g)
-    for kind in ("cam_area", "cam_area_scaled", "softmax_sum", "tempered", "uniform", "decoder", "oracle"):
+    for kind in ("cam_area", "cam_area_scaled", "softmax_sum", "tempered", "uniform", "decoder", "refined", "oracle"):
         b = prior(kind, s, valid, 0.2, 0.1, areas)
         torch.testing.assert_close(b.sum(-1), torch.ones(2))
         assert (b[~valid] == 0).all() and (b[valid] > 0).all()
@@ -266,6 +266,10 @@ def test_priors_sum_to_one_over_valid_columns_and_cam_area_counts_the_argmax():
     expect = (counts / 40).clamp_min(1 / 40) * valid[0]
     torch.testing.assert_close(prior("cam_area", s, valid, 0.0)[0], expect / expect.sum())
     torch.testing.assert_close(prior("cam_area", s, valid, 1.0), prior("uniform", s, valid))
+    # refined reads its areas as the decoder's are read (floored at 1/N, mixed); both need them
+    torch.testing.assert_close(prior("refined", s, valid, 0.3, areas=areas), prior("decoder", s, valid, 0.3, areas=areas))
+    with pytest.raises(ValueError, match="needs areas"):
+        prior("refined", s, valid)
     assert prior("softmax_sum", s * 0 + torch.linspace(0, 1, 5), valid)[1].max() > 0.99   # the paper's: one-hot at N = 40
 
 

@@ -12,7 +12,8 @@ class OTConfig:
 
     ``formulation``: balanced | relaxed | dustbin | reweight; ``prior``: cam_area |
     cam_area_scaled (the pre-issue-17 count on O-scaled scores) | softmax_sum | tempered |
-    uniform | decoder | oracle (the ``areas`` ceiling only);
+    uniform | decoder | refined (areas counted on the E(⊙) read-out of the row's learned
+    affinities, its background power ``refined_power``) | oracle (the ``areas`` ceiling only);
     ``readout``: posterior | colmax (v1); ``normalize``: class | image; ``score``: fixed |
     literal. ``reg_m`` is τ_m of the relaxed columns; ``tau`` the ``tempered`` prior's
     temperature. ``dfa pseudo`` keeps every image's row/column error, iterations, convergence
@@ -25,6 +26,7 @@ class OTConfig:
     formulation: str = "balanced"
     prior: str = "cam_area"
     prior_mix: float = 0.2
+    refined_power: float = 1.0
     tau: float = 0.1
     reg_m: float = 0.3
     readout: str = "posterior"
@@ -40,10 +42,11 @@ class OTConfig:
         _choice("ot.score", self.score, ("fixed", "literal"))
         _choice("ot.formulation", self.formulation, ("balanced", "relaxed", "dustbin", "reweight"))
         _choice("ot.prior", self.prior, ("cam_area", "cam_area_scaled", "softmax_sum", "tempered", "uniform",
-                                         "decoder", "oracle"))
+                                         "decoder", "refined", "oracle"))
         _choice("ot.readout", self.readout, ("posterior", "colmax"))
         _choice("ot.normalize", self.normalize, ("class", "image"))
         _range("ot.prior_mix", self.prior_mix, 0.0, 1.0)
+        _positive("ot.refined_power", self.refined_power)
         _positive("ot.tau", self.tau)
         _positive("ot.reg_m", self.reg_m)
         _positive("ot.epsilon", self.epsilon)
