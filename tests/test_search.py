@@ -134,8 +134,10 @@ def test_the_scorer_keeps_an_extractor_per_channels_and_scores_the_asked_images(
     monkeypatch.setattr(seeds, "calibrate", lambda cfg, model, ext, layout, names, labels, bar=None: {})
     monkeypatch.setattr(seeds, "score_seeds", lambda cfg, model, ext, layout, names, labels, **kw:
                         scored.append((ext, len(names))) or ({"seed_miou": 1.0}, None, None))
-    layers = load_config("params.yaml", ["data.max_seed_images=2"], smoke=True)
-    heads = load_config("params.yaml", ["data.max_seed_images=2", "affinity.channels=heads"], smoke=True)
+    # cache.memo_gib=0: the scorer hands score_seeds the extractor itself (a memo would wrap it)
+    layers = load_config("params.yaml", ["data.max_seed_images=2", "cache.memo_gib=0"], smoke=True)
+    heads = load_config("params.yaml", ["data.max_seed_images=2", "affinity.channels=heads", "cache.memo_gib=0"],
+                        smoke=True)
     whole = len(layout_of(layers).read_list(layers.data.tune_split))
     assert whole > 2
     scorer = search_mod.SeedScorer()
