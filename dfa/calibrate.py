@@ -50,7 +50,7 @@ def labels_for_powers(bg: torch.Tensor, fg: torch.Tensor, images: list[np.ndarra
             b = bg[j, i]
             if not len(kept):
                 lab = torch.zeros(size, dtype=torch.long) if bool(b.amax() >= 0) else None
-            elif bool(b.amax() < 0):
+            elif not bool(b.amax() >= 0):          # not kept (all < 0, or NaN), as labels_at_image_size
                 lab = cls
             else:
                 up_b = F.interpolate(b[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]

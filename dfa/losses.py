@@ -365,9 +365,10 @@ def rectification_loss(a: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
 
     ``balance="pairs"`` (the spec): ``L_r = mean_{pos}(1 − A) + mean_{neg} A`` over all pairs
     of the batch. ``balance="fg_bg"`` [anchor: AffinityNet's bg/4 + fg/4 + neg/2, scaled ×2]:
-    the positives are split into background–background pairs (both tokens labelled 0) and the
-    rest (foreground), each averaged on its own, ``½ mean_{pos,bg}(1 − A) + ½ mean_{pos,fg}(1 − A)
-    + mean_{neg} A``: with ~80 % background the spec's positive mean is mostly background
+    the positives are split into background pairs (both tokens labelled 0) and object pairs
+    (both the same class), each averaged on its own, ``½ mean_{pos,bg}(1 − A) + ½ mean_{pos,fg}(1 − A)
+    + mean_{neg} A``; positives whose labels differ (decided by the window) are left out, as
+    AffinityNet has none: with ~80 % background the spec's positive mean is mostly background
     pairs, and an object's own pairs hardly count (issue 17). Each mean is 0 when it has no
     pairs. ``a`` is the symmetrised sigmoid output of the inverse path before Sinkhorn, in
     [0, 1]. Range [0, 2]: 0 for a perfect affinity, 2 for an inverted one with every kind of
@@ -391,9 +392,13 @@ def rectification_loss(a: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
         raise ValueError(f"balance must be 'pairs' or 'fg_bg', got {balance!r}")
     if labels is None or labels.shape != a.shape[:2]:
         raise ValueError("balance='fg_bg' needs labels (B, N) matching a")
-    is_bg = labels == 0
-    pos_bg = pos & is_bg[:, :, None] & is_bg[:, None, :]
-    return 0.5 * mean(pos_bg, 1.0 - a) + 0.5 * mean(pos & ~pos_bg, 1.0 - a) + neg_term
+    same = labels[:, :, None] == labels[:, None, :]
+    is_bg = (labels == 0)[:, :, None]
+    pos_bg = pos & same & is_bg
+    pos_fg = pos & same & ~is_bg
+    # positives across labels (§4's shifted window can decide them) are in neither half: AffinityNet's
+    # positives are same-label pairs only
+    return 0.5 * mean(pos_bg, 1.0 - a) + 0.5 * mean(pos_fg, 1.0 - a) + neg_term
 
 
 # ---------------------------------------------------------------------------------------

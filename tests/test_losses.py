@@ -340,6 +340,13 @@ def test_rectification_loss_fg_bg_balance():
     g = torch.full((1, 8, 8), 0.5, requires_grad=True)
     rectification_loss(g, pos, neg, y, "fg_bg").backward()
     assert g.grad[0, 6, 7] < g.grad[0, 0, 1] < 0
+    # a positive across labels (a window-decided pair) is in neither half
+    pos_x = pos.clone()
+    pos_x[0, 0, 6] = pos_x[0, 6, 0] = True
+    a_x = a.clone()
+    a_x[0, 0, 6] = a_x[0, 6, 0] = 0.0
+    assert torch.equal(rectification_loss(a_x, pos_x, neg & ~pos_x, y, "fg_bg"),
+                       rectification_loss(a_x, pos, neg & ~pos_x, y, "fg_bg"))
     with pytest.raises(ValueError, match="labels"):
         rectification_loss(a, pos, neg, None, "fg_bg")
     with pytest.raises(ValueError, match="balance"):

@@ -73,3 +73,13 @@ def test_with_memo_zero_is_the_extractor_itself():
     inner = CountingExtractor()
     assert with_memo(inner, 0) is inner
     assert isinstance(with_memo(inner, 0.5), MemoExtractor)
+
+
+def test_memo_copies_and_pickles_without_recursion():
+    import copy
+    import pickle
+    memo = MemoExtractor(CountingExtractor(), 1 << 20)
+    memo(torch.zeros(1, 3, 8, 8))
+    clone = pickle.loads(pickle.dumps(memo))
+    assert clone.hits == 0 and clone.misses == 1 and clone.logit_scale == 42.0
+    assert copy.copy(memo).inner is memo.inner

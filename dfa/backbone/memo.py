@@ -1,14 +1,15 @@
 """An in-memory memo of a frozen extractor's outputs (``cache.memo_gib``).
 
-Every cell of an ablation table scores the same ``tune`` and ``train`` views (and its decoder
-the same ``val`` views) with the same frozen CLIP, so the forward passes after the first cell
-repeat work: about a quarter of a cell's scoring time on the 2-core machine (cProfile of one
-calibration). The memo keys each call by the bytes of its inputs, so a hit returns exactly
-what the extractor returned for those bytes; it never returns features of other pixels.
-Stored on the CPU until ``max_bytes`` is reached; then it keeps what it has and stores no
-more. Not LRU: a table reads tune, train (and val) in the same cycle every cell, and a cycle
-larger than an LRU memo would evict each entry just before its next use (no hits at all);
-keeping the first entries gives the hit rate of their share.
+Every cell of an ablation table scores the same ``tune`` and ``train`` views with the same
+frozen CLIP, so the forward passes after the first cell repeat work: about a quarter of a
+cell's scoring time on the 2-core machine (cProfile of one calibration). The decoder's
+``val`` pass calls the CLIP directly and is not memoised. The memo keys each call by the
+bytes of its inputs, so a hit returns exactly what the extractor returned for those bytes;
+it never returns features of other pixels. Stored on the CPU until ``max_bytes`` is
+reached; then it keeps what it has and stores no more. Not LRU: a table reads the same
+splits in the same order every cell, and a cycle larger than an LRU memo would evict each
+entry just before its next use (no hits at all); keeping the first entries gives the hit
+rate of their share.
 """
 from __future__ import annotations
 
@@ -47,10 +48,15 @@ class MemoExtractor:
         self.hits = self.misses = 0
 
     def __getattr__(self, name):        # only called for names not found on the memo itself
-        return getattr(self.__dict__["inner"], name)
+        inner = self.__dict__.get("inner")
+        if inner is None:               # unpickling / copy look up dunders before __init__ ran
+            raise AttributeError(name)
+        return getattr(inner, name)
 
     def __call__(self, images: torch.Tensor, present: torch.Tensor | None = None) -> ViewFeatures:
         key = _digest(images, present)
+        # A hit returns the stored tensors themselves (no copy): callers must not edit features
+        # in place (none does: affinities, class scores and the decoder all build new tensors).
         found = self._store.get(key)
         if found is not None:
             self.hits += 1

@@ -84,7 +84,7 @@ class CacheConfig:
     # memory on CUDA); 0 reads each batch synchronously. Same batches either way.
     prefetch: int = 2
     # Frozen features of the scored splits kept in memory by a table's or a study's scoring
-    # (every cell scores the same tune/train/val views): GiB, 0 = off. Exact (the same bytes
+    # (every cell scores the same tune/train views): GiB, 0 = off. Exact (the same bytes
     # in give the stored float32 features out); when full it keeps what it has (dfa.backbone.memo).
     memo_gib: float = 4.0
 
