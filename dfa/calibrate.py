@@ -28,7 +28,6 @@ def labels_at_image_size(scores: torch.Tensor, images: list[np.ndarray]) -> list
     return out
 
 
-
 def labels_for_powers(bg: torch.Tensor, fg: torch.Tensor, images: list[np.ndarray]) -> list[list[np.ndarray]]:
     """:func:`labels_at_image_size` of ``cat([bg[:, i:i+1], fg], 1)`` for every power i, with
     the class channels resized and reduced once per image rather than once per power.
@@ -59,6 +58,7 @@ def labels_for_powers(bg: torch.Tensor, fg: torch.Tensor, images: list[np.ndarra
                 raise ValueError(f"image {j}: no kept channel (every score < 0)")
             out[i].append(lab.cpu().numpy())
     return out
+
 
 def add_confusion(conf: torch.Tensor, preds: list[np.ndarray], gts: list[np.ndarray]) -> None:
     """Add each (prediction, ground truth) pair's confusion matrix to ``conf`` (K, K) in place."""

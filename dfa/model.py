@@ -262,9 +262,7 @@ class DFA(nn.Module):
         if aff is None:
             return TokenScores(fg=fg_col * present[:, None, :], bg=None if residual else bg_col)
         if cfg.ablation.combination == "product":
-            affs = [aff.s_raw] + ([aff.inv_raw] if aff.inv_raw is not None else [])
-            a = product_affinity(affs, cfg.affinity.sinkhorn_rounds, cfg.affinity.square)
-            fg = minmax_tokens(a @ fg_col) * present[:, None, :]
+            a, fg = self._product_readout(aff, s_hat, valid)
             # A prompt background propagates with the classes, without the per-class min-max
             # (A is about doubly stochastic, so a score in [0, 1] stays there).
             bg = None if residual else (a @ bg_col[..., None])[..., 0].clamp(0, 1)
@@ -293,15 +291,22 @@ class DFA(nn.Module):
                                column_sums=info["column_sums"], ot=diag)
         return TokenScores(fg=m_r[..., 1:], bg=None, m_r=m_r, posterior=post, column_sums=info["column_sums"], ot=diag)
 
+    def _product_readout(self, aff: Affinities, s_hat: torch.Tensor,
+                         valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """E(⊙) of rows 0–3 (§7): the affinity Norm(A_s ⊙ A_inv)² (A_s alone without an inverse
+        path; squared as ``affinity.square``) (B, N, N), and the class columns of ``s_hat``
+        propagated by it, min-maxed per class, absent classes 0 (B, N, C)."""
+        affs = [aff.s_raw] + ([aff.inv_raw] if aff.inv_raw is not None else [])
+        a = product_affinity(affs, self.cfg.affinity.sinkhorn_rounds, self.cfg.affinity.square)
+        return a, minmax_tokens(a @ s_hat[..., 1:]) * valid[:, None, 1:]
+
     def refined_areas(self, aff: Affinities, s_hat: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Class areas (B, 1 + C) for ``ot.prior: refined`` [choice, issue 17]: the share of
         tokens each column wins in the E(⊙) read-out of this row's affinities (rows 2–3's
         refinement, §7: Norm(A_la ⊙ A_ha)², CAM propagated, min-maxed per class), with the
         anchors' residual background (1 − max_c)^``ot.refined_power``; absent classes 0."""
-        affs = [aff.s_raw] + ([aff.inv_raw] if aff.inv_raw is not None else [])
-        a = product_affinity(affs, self.cfg.affinity.sinkhorn_rounds, self.cfg.affinity.square)
+        fg = self._product_readout(aff, s_hat, valid)[1]
         present = valid[:, None, 1:].bool()
-        fg = minmax_tokens(a @ s_hat[..., 1:]) * present
         bg = (1.0 - fg.amax(dim=-1, keepdim=True)).clamp_min(0.0) ** self.cfg.ot.refined_power
         lab = torch.cat([bg, fg.masked_fill(~present, -1.0)], dim=-1).argmax(dim=-1)      # (B, N)
         return F.one_hot(lab, s_hat.shape[-1]).to(s_hat.dtype).mean(dim=-2)
@@ -341,13 +346,16 @@ class DFA(nn.Module):
 
     @torch.no_grad()
     def finish_powers(self, image: torch.Tensor, bg_up: torch.Tensor, fg_up: torch.Tensor, valid: torch.Tensor,
-                      powers: list[float], weight: torch.Tensor | None = None) -> list[torch.Tensor]:
+                      powers: list[float], weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`finish`'s scores for several background powers at the cost of about one.
 
         PAR is linear and acts per channel with weights that depend on the image only, so
         the class channels are refined once and the background channel once per power
         (all powers stacked as channels). ``weight``: :meth:`par_weights` of ``image``.
-        Equal to ``finish(..., bg_power=p).scores`` for each p (tested).
+        Returns ``bg`` (B, P, H, W), one background channel per power, and ``fg`` (B, C, H, W),
+        shared by the powers (absent classes -1), as :func:`dfa.calibrate.labels_for_powers`
+        reads them: ``cat([bg[:, i:i+1], fg], 1)`` equals ``finish(..., bg_power=powers[i]).scores``
+        (tested).
         """
         keep = valid.bool()
         n_pow = len(powers)
@@ -358,12 +366,9 @@ class DFA(nn.Module):
             stack = self._par(image, stack, stack_keep, weight)
         else:
             stack = torch.cat([bg_up ** p for p in powers] + [fg_up], dim=1)
-        fg = stack[:, n_pow:]
-        out = []
-        for i in range(n_pow):
-            scores = torch.cat([stack[:, i:i + 1], fg], dim=1)
-            out.append(scores.masked_fill(~keep[:, :, None, None], -1))
-        return out
+        bg = stack[:, :n_pow].masked_fill(~keep[:, :1, None, None], -1)
+        fg = stack[:, n_pow:].masked_fill(~keep[:, 1:, None, None], -1)
+        return bg, fg
 
     def _small(self, image: torch.Tensor) -> torch.Tensor:
         scale = self.cfg.refine.par_scale

@@ -208,8 +208,10 @@ def test_finish_powers_equals_finish_for_each_background_power():
     valid = torch.tensor([[True, True, False, True], [True, False, True, False]])
     fg_up = fg_up * valid[:, 1:, None, None]
     powers = [0.25, 1.0, 3.0]
-    fast = model.finish_powers(image, bg_up, fg_up, valid, powers)
-    for p, scores in zip(powers, fast):
+    bg, fg = model.finish_powers(image, bg_up, fg_up, valid, powers)
+    assert bg.shape[1] == len(powers)
+    for i, p in enumerate(powers):
+        scores = torch.cat([bg[:, i:i + 1], fg], dim=1)
         torch.testing.assert_close(scores, model.finish(image, bg_up, fg_up, valid, None, p).scores,
                                    atol=1e-5, rtol=1e-5)
 

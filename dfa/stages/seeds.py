@@ -186,9 +186,8 @@ def calibrate(cfg: Config, model, ext, layout, names: list[str], labels: dict, b
         weight = model.par_weights(chunk.image) if cfg.refine.par_iters > 0 else None
         for kind, tok in toks.items():
             bg_up, fg_up = model.pixel_scores(tok, valid, chunk.image.shape[-2:], chunk.feats.grid)
-            scores = model.finish_powers(chunk.image, bg_up, fg_up, valid, grid_values, weight)
-            bg_all = torch.cat([s[:, :1] for s in scores], dim=1)
-            for p, preds in zip(grid_values, labels_for_powers(bg_all, scores[0][:, 1:], chunk.raw)):
+            bg, fg = model.finish_powers(chunk.image, bg_up, fg_up, valid, grid_values, weight)
+            for p, preds in zip(grid_values, labels_for_powers(bg, fg, chunk.raw)):
                 add_confusion(conf[kind][p], preds, chunk.gts)
         if bar is not None:
             bar.update(task, advance=len(chunk.names))
