@@ -153,3 +153,30 @@ def test_decoder_layers_select_blocks():
     full.load_state_dict(clip.state_dict())
     x = torch.randn(1, 3, 32, 32)
     assert torch.equal(clip(x).tokens, full(x).tokens[:, 1:])
+
+
+@pytest.mark.parametrize("similarity,layers", [("surgery", None), ("maskclip", [0]), ("raw", [-2, 0])])
+def test_decoder_tokens_path_matches_the_full_forward(similarity, layers):
+    # The decoder's inference reads FrozenCLIP.decoder_tokens (fused block forwards, blocks after
+    # the last kept one skipped): it must give forward()'s tokens up to float rounding, on a
+    # grid other than the pretraining one, for any decoder_layers selection.
+    cfg = tiny_config(width=32, layers=3, heads=2, patch_size=8, image_size=32, embed_dim=16, pool="avg",
+                      text_width=32, text_layers=1, text_heads=2, context_length=16)
+    tok = open_clip.get_tokenizer("dfa-tiny-vit", context_length=16)
+    torch.manual_seed(0)
+    clip = FrozenCLIP(build_tiny(cfg), tok, last_k=2, similarity=similarity, decoder_layers=layers)
+    x = torch.randn(2, 3, 40, 48)
+    tokens, grid = clip.decoder_tokens(x)
+    full = clip(x)
+    assert grid == full.grid == (5, 6)
+    assert tokens.shape == full.tokens.shape
+    torch.testing.assert_close(tokens, full.tokens, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(tokens[0], tokens[1])          # per image, not broadcast
+
+
+def test_dense_extractor_decoder_tokens_match_its_call():
+    ext = DenseExtractor(tiny(), VOC_SPEC, ["a photo of a {}."])
+    x = torch.randn(1, 3, 32, 32)
+    tokens, grid = ext.decoder_tokens(x)
+    assert tokens.dtype == torch.float32 and tokens.device == ext.device and grid == (4, 4)
+    torch.testing.assert_close(tokens, ext(x).tokens, rtol=1e-5, atol=1e-5)

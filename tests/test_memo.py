@@ -83,3 +83,33 @@ def test_memo_copies_and_pickles_without_recursion():
     clone = pickle.loads(pickle.dumps(memo))
     assert clone.hits == 0 and clone.misses == 1 and clone.logit_scale == 42.0
     assert copy.copy(memo).inner is memo.inner
+
+
+class DecoderCounting(CountingExtractor):
+    def __init__(self):
+        super().__init__()
+        self.decoder_calls = 0
+
+    def decoder_tokens(self, images):
+        self.decoder_calls += 1
+        return images.mean(dim=1)[:, None, :4, :].flatten(2)[..., None].expand(-1, 2, -1, 3).clone(), (2, 2)
+
+
+def test_memo_decoder_tokens_are_exact_keyed_apart_and_within_budget():
+    inner = DecoderCounting()
+    x = torch.randn(2, 3, 8, 8)
+    memo = MemoExtractor(inner, 1 << 20)
+    first, grid = memo.decoder_tokens(x)
+    again, grid2 = memo.decoder_tokens(x.clone())
+    assert inner.decoder_calls == 1 and torch.equal(first, again) and grid == grid2 == (2, 2)
+    assert torch.equal(first, inner.decoder_tokens(x)[0])
+    memo(x)                                            # the same pixels through __call__: its own key
+    assert inner.calls == 1 and memo.misses == 2
+    y = x.clone()
+    y[1, 2, 0, 0] -= 1e-3
+    assert not torch.equal(memo.decoder_tokens(y)[0], first)
+    # A budget smaller than one output stores nothing and still returns the inner's tokens.
+    small = MemoExtractor(DecoderCounting(), 8)
+    a, _ = small.decoder_tokens(x)
+    b, _ = small.decoder_tokens(x)
+    assert small.inner.decoder_calls == 2 and small.bytes == 0 and torch.equal(a, b)

@@ -229,6 +229,23 @@ class FrozenCLIP(nn.Module):
         return ImageFeatures(tokens=torch.stack(tokens, 1), attn=torch.stack(attns, 1), dense=dense, grid=grid,
                              heads=torch.stack(per_head, 1) if heads else None)
 
+    @torch.no_grad()
+    def decoder_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The decoder's input alone (method.md §8 inference): (B, L, N, D) tokens of
+        ``decoder_layers`` and the grid. Every block runs its own forward (fused attention)
+        and blocks after the last kept one are skipped: the attention maps and S that
+        :meth:`forward` also builds are not read by the decoder, and cost ~40 % of a
+        multi-scale view on the embedded CLIP. Equal to ``forward(images).tokens`` up to
+        float rounding (~5e-6 there; tests/test_clip.py)."""
+        x, grid = self.embed(images)
+        last = max(self.decoder_layers)
+        tokens = []
+        for i, block in enumerate(self.blocks[:last + 1]):
+            x = block(x)
+            if i in self.decoder_layers:
+                tokens.append(x[:, 1:])
+        return torch.stack(tokens, 1), grid
+
     def gradcam(self, images: torch.Tensor, text: torch.Tensor, present: torch.Tensor, n_fg: int) -> torch.Tensor:
         """CLIP-ES/WeCLIP Grad-CAM (choice ``cam.similarity=gradcam``).
 

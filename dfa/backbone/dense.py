@@ -55,6 +55,15 @@ class DenseExtractor:
     def device(self) -> torch.device:
         return self.fg_text.device
 
+    def decoder_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """images (B, 3, H, W) normalised → the decoder's input tokens (B, L, N, D) float32 and
+        the grid, under the same precision rule as :meth:`__call__` (``FrozenCLIP.decoder_tokens``)."""
+        images = images.to(self.device)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16,
+                            enabled=bf16_autocast(self.precision, images.device.type)):
+            tokens, grid = self.clip.decoder_tokens(images)
+        return tokens.float(), grid
+
     def __call__(self, images: torch.Tensor, present: torch.Tensor | None = None) -> ViewFeatures:
         """images (B, 3, H, W) normalised; present (B, C) bool, needed by ``gradcam`` only."""
         images = images.to(self.device)

@@ -199,7 +199,7 @@ def run_cell(args, entry: Entry, seed: int, ctx: Context, parent_id: str | None,
         model_file = Path(cfg.train.dir) / "model.pt"
         t0 = time.perf_counter()
         if entry.trains:
-            fit(cfg, run)
+            fit(cfg, run, ext=ctx.ext)
         times = {"time_train_s": time.perf_counter() - t0}     # reports/timings/ablation.png
         needs_model = entry.per_seed
         want_seg = entry.trains and wants_decoder(args, entry)

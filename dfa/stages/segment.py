@@ -1,7 +1,8 @@
 """The decoder's inference (method.md §6, §8), shared by ``dfa evaluate`` and the ablation's
 decoder column: each scale s of ``eval.scales`` views the image at round(crop·s / patch)·patch
 square, with and without a horizontal flip; the softmax is upsampled to the image's size
-and averaged.
+and averaged. The CLIP runs its tokens-only path (``decoder_tokens``: no attention maps, no
+S), memoised when ``ext`` is a memo (the ablation's seeds of row 4 share ``val``'s views).
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ def segment_probs(cfg: Config, model, ext, image: np.ndarray, device) -> torch.T
         side = max(patch, int(round(cfg.data.crop_size * s / patch)) * patch)
         flips = (False, True) if cfg.eval.flip else (False,)
         views = np.stack([square_view(image, side, f) for f in flips])
-        feats = ext.clip(normalise(views, cfg).to(device))
-        logits = model.segment(feats.tokens, feats.grid)
+        tokens, grid = ext.decoder_tokens(normalise(views, cfg))
+        logits = model.segment(tokens.to(device), grid)
         if cfg.eval.flip:
             logits = torch.stack([logits[0], logits[1].flip(-1)])
         probs = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).softmax(1).sum(0)

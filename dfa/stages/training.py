@@ -219,10 +219,12 @@ def train_step(model: DFA, batch: dict, device: torch.device, logit_scale: float
     return model.losses(logits, f_d, aff, refined, grid, active, gt)
 
 
-def fit(cfg: Config, run, callback=None) -> dict:
+def fit(cfg: Config, run, callback=None, ext=None) -> dict:
     """Train (resuming from ``train.dir``-resume if its fingerprint matches); returns metrics.
 
     ``callback(step, model)`` runs every ``search.report_every`` steps (Optuna pruning).
+    ``ext``: the frozen extractor for the step-0 calibration on ``tune`` (the ablation passes
+    its memo, which already holds those views); None builds one from ``cfg``.
     Writes ``train.dir/model.pt``; reports are the caller's business.
     """
     device = setup(cfg)
@@ -278,7 +280,7 @@ def fit(cfg: Config, run, callback=None) -> dict:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     if start == 0 and cfg.refine.calibrate:
-        model.train_bg_power.fill_(training_bg_power(cfg, model, device))
+        model.train_bg_power.fill_(training_bg_power(cfg, model, device, ext))
         torch.manual_seed(cfg.seed)                      # calibration must not shift the training draws
     console.print(f"training pseudo-labels: background power {float(model.train_bg_power):g}"
                   + (" (chosen on the tune split)" if cfg.refine.calibrate else ""))
@@ -334,7 +336,7 @@ def fit(cfg: Config, run, callback=None) -> dict:
 
 
 @torch.no_grad()
-def training_bg_power(cfg: Config, model: DFA, device: torch.device) -> float:
+def training_bg_power(cfg: Config, model: DFA, device: torch.device, ext=None) -> float:
     """The background power of the row's pseudo-labels, chosen on the tune split with the
     untrained model at step 0 (method.md §5: every row's background rule is calibrated; the
     decoder prior is not there yet, so ``ot.prior: decoder`` uses CAM areas, as in the warm-up)."""
@@ -346,7 +348,7 @@ def training_bg_power(cfg: Config, model: DFA, device: torch.device) -> float:
     with data_errors():
         names = limit(layout.read_list(cfg.data.tune_split), cfg.refine.calibrate_images)
         labels = load_labels(layout.labels_path())
-    ext = extractor(cfg, class_spec(cfg), device)
+    ext = ext if ext is not None else extractor(cfg, class_spec(cfg), device)
     was = model.training
     model.eval()
     try:
